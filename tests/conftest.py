@@ -1,0 +1,21 @@
+"""Shared pytest fixtures: the tiny random ColPali (built once per session) and the bundled sample PDF."""
+import os
+from pathlib import Path
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    "Path of a tiny randomly initialised ColPali + processor, saved with save_pretrained (not meaningful!)."
+    from colpali_milvus.tiny import build_tiny_colpali
+    return Path(build_tiny_colpali(tmp_path_factory.mktemp("tiny") / "tiny-colpali"))
+
+@pytest.fixture(scope="session")
+def sample_pdf():
+    "The bundled sample PDF (text, a table and a figure)."
+    from colpali_milvus.core import data_path
+    p = data_path("sample.pdf")
+    assert p.exists(), f"{p} is missing: run `python scripts/make_sample_pdf.py`"
+    return p

@@ -1,0 +1,145 @@
+"""MilvusColbertRetriever on Milvus Lite: the seed notebook's calls verbatim, exact MaxSim, persistence, bad input."""
+import subprocess, sys, textwrap
+import numpy as np
+import pytest
+from pymilvus import MilvusClient
+from colpali_milvus.core import CollectionNotFoundError, DatabaseLockedError, DimensionMismatchError
+from colpali_milvus.maxsim import maxsim
+from colpali_milvus.retriever import MilvusColbertRetriever, close_client, open_client, vector_pks
+
+
+def unit(rng, n, d=128):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def pages():
+    "Ten ColPali-shaped pages (1030 x 128, unit norm) and two queries built from pages 4 and 7."
+    rng = np.random.default_rng(42)
+    ds = [unit(rng, 1030) for _ in range(10)]
+    qs = [ds[4][:20] + 0.1 * unit(rng, 20), ds[7][100:125] + 0.1 * unit(rng, 25)]
+    return ds, [q / np.linalg.norm(q, axis=1, keepdims=True) for q in qs]
+
+
+def brute(q, ds):
+    return np.array([(q @ d.T).max(1).sum() for d in ds])
+
+
+def test_seed_notebook_code_runs_unchanged(tmp_path, pages, monkeypatch):
+    "The seed's cells, verbatim but for importing our class instead of defining theirs."
+    ds, qs = pages
+    monkeypatch.chdir(tmp_path)
+    filepaths = [f"./pages/page_{i + 1}.png" for i in range(len(ds))]
+    client = MilvusClient(uri="milvus.db")
+    retriever = MilvusColbertRetriever(collection_name="colpali", milvus_client=client)
+    retriever.create_collection()
+    retriever.create_index()
+    for i in range(len(filepaths)):
+        data = {"colbert_vecs": ds[i], "doc_id": i, "filepath": filepaths[i]}
+        retriever.insert(data)
+    retriever.create_scalar_index()
+    found = []
+    for query in qs:
+        result = retriever.search(query, topk=1)
+        found.append(filepaths[result[0][1]])
+    assert found == ["./pages/page_5.png", "./pages/page_8.png"]
+    # every one of the 1030 vectors of a page is stored (the seed's limit=1000 dropped 30)
+    assert len(client.get("colpali", ids=vector_pks(4, 1030), output_fields=["pk"])) == 1030
+
+
+@pytest.mark.parametrize("n_candidates", [256, 3])
+def test_scores_are_exact_maxsim_over_all_vectors(tmp_path, pages, n_candidates):
+    ds, qs = pages
+    r = MilvusColbertRetriever(open_client(str(tmp_path / "m.db")), "c", n_candidates=n_candidates)
+    r.create_collection()
+    for i, d in enumerate(ds): r.insert({"colbert_vecs": d, "doc_id": i, "filepath": f"p{i}"})
+    for q in qs:
+        res = r.search(q, topk=3)
+        want = brute(q, ds)
+        assert [d for _, d in res] == list(np.argsort(-want)[:3])
+        np.testing.assert_allclose([s for s, _ in res], np.sort(want)[::-1][:3], rtol=1e-5)
+    # with fewer candidates than pages, the candidate stage ran and the winner still scored exactly
+    assert (r.candidates(qs[0]) is None) == (n_candidates >= len(ds))
+
+
+def test_maxsim_matches_colpali_engine(pages):
+    torch = pytest.importorskip("torch")
+    from colpali_engine.utils.processing_utils import BaseVisualRetrieverProcessor
+    ds, qs = pages
+    rng = np.random.default_rng(1)
+    ds = [d[: rng.integers(500, 1030)] for d in ds]  # ragged pages, as ColQwen's are
+    ref = BaseVisualRetrieverProcessor.score_multi_vector([torch.from_numpy(q) for q in qs],
+                                                          [torch.from_numpy(d) for d in ds], device="cpu").numpy()
+    ours = np.stack([maxsim(q, ds) for q in qs])
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    np.testing.assert_allclose(ours, np.stack([brute(q, ds) for q in qs]), atol=1e-4)
+
+
+def test_reopen_in_new_process(tmp_path, pages):
+    ds, qs = pages
+    db = tmp_path / "persist.db"
+    r = MilvusColbertRetriever(open_client(str(db)), "c")
+    r.create_collection()
+    for i, d in enumerate(ds[:5]): r.add_page(i, d, source="s.pdf", page=i + 1, image_path=f"/p/{i}.png")
+    close_client(r.client, str(db))
+    np.save(tmp_path / "q.npy", qs[0])
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from colpali_milvus.retriever import MilvusColbertRetriever, open_client
+        r = MilvusColbertRetriever(open_client({str(db)!r}), "c")
+        s, row = r.search_pages(np.load({str(tmp_path / 'q.npy')!r}), k=1)[0]
+        print(row["page_id"], row["page"], row["image_path"], r.num_pages(), r.dim)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4", "5", "/p/4.png", "5", "128"]
+
+
+def test_locked_database_gives_clear_error(tmp_path):
+    db = tmp_path / "locked.db"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pymilvus import MilvusClient
+        MilvusClient({str(db)!r}); print('ready', flush=True); time.sleep(60)""")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(DatabaseLockedError, match="another process"):
+            open_client(str(db))
+        assert not db.with_name("x").exists()  # nothing written beside the database
+    finally:
+        holder.kill(); holder.wait()
+
+
+def test_bad_input(tmp_path, pages):
+    ds, qs = pages
+    r = MilvusColbertRetriever(open_client(str(tmp_path / "b.db")), "c")
+    with pytest.raises(CollectionNotFoundError, match="create_collection"):
+        r.search(qs[0], 1)
+    r.create_collection()
+    with pytest.raises(DimensionMismatchError, match="dimension 64, expected 128"):
+        r.insert({"colbert_vecs": ds[0][:, :64], "doc_id": 1, "filepath": ""})
+    with pytest.raises(DimensionMismatchError):
+        r.search(qs[0][:, :64], 1)
+    bad = ds[0].copy(); bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        r.insert({"colbert_vecs": bad, "doc_id": 1, "filepath": ""})
+    with pytest.raises(ValueError, match="doc_id"):
+        r.insert({"colbert_vecs": ds[0], "doc_id": -1, "filepath": ""})
+    assert r.num_pages() == 0  # nothing half-written
+    assert r.search(qs[0], 3) == []
+
+
+def test_replace_and_delete(tmp_path, pages):
+    ds, qs = pages
+    r = MilvusColbertRetriever(open_client(str(tmp_path / "r.db")), "c")
+    r.create_collection()
+    for i, d in enumerate(ds[:3]): r.add_page(i, d)
+    r.search(qs[0], 1)  # fills the cache
+    r.add_page(1, ds[1][:10])
+    assert r.page_vectors(r.page_rows([1]))[1].shape == (10, 128)
+    assert len(r.client.get("c", ids=vector_pks(1, 1030), output_fields=["pk"])) == 10
+    r.delete_pages([0, 2])
+    assert r.all_page_ids() == [1]
+    assert [d for _, d in r.search(qs[0], 5)] == [1]
