@@ -166,7 +166,8 @@ def test_search_finds_the_page_a_query_came_from(seeded, pages):
 def test_scores_are_brute_force_maxsim_over_all_1030_vectors(seeded, pages, n_candidates):
     "Exact MaxSim over every vector; with n_candidates=3 the candidate stage picks which pages get scored."
     ds, qs = pages
-    r = seeded if n_candidates == 256 else MilvusColbertRetriever(seeded.client, 'seeded', n_candidates=n_candidates)
+    r = seeded if n_candidates == 256 else MilvusColbertRetriever(seeded.client, 'seeded', n_candidates=n_candidates,
+                                                                  exhaustive_rows=0)  # force the candidate stage
     for page, q in qs.items():
         want = brute(q, ds)
         res = r.search(q, topk=10)
