@@ -1,5 +1,5 @@
 """End to end: the sample PDF through ColPaliIndex and the CLI, with the tiny model and Milvus Lite in a temp dir."""
-import json, os, shutil, subprocess, sys, time, textwrap
+import json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
 """Tests of colpali_milvus.rasterize: page PNGs from PDFs and images, reuse, and clear errors for bad inputs."""
-import os, random, shutil, warnings
+import random, shutil, warnings
 from pathlib import Path
 
 import numpy as np

@@ -1,5 +1,5 @@
 """Tests of colpali_milvus.widgets: result cards, the results gallery, and its embeddable widget state."""
-import base64, io, json, os, time
+import base64, io, json, os
 import pytest
 import ipywidgets as widgets
 from PIL import Image, ImageDraw
