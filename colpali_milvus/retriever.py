@@ -15,8 +15,8 @@ from .maxsim import as_matrix, maxsim, rank
 
 # %% auto #0
 __all__ = ['MAX_PAGE_ID', 'VECTORS_SUFFIX', 'BLOB_CHARS', 'MAX_CHUNKS', 'META_FIELDS', 'is_local_uri', 'open_client',
-           'close_client', 'blob_pk', 'n_chunks', 'to_blob', 'from_blob', 'pool_vectors', 'MilvusColbertRetriever',
-           'Engine']
+           'close_client', 'blob_pk', 'n_chunks', 'to_blob', 'from_blob', 'pool_vectors', 'candidate_dtype',
+           'MilvusColbertRetriever', 'Engine']
 
 # %% ../nbs/05_retriever.ipynb #17d58c52
 def is_local_uri(uri:str)->bool:
@@ -158,6 +158,24 @@ class _Timed:
                     "(`timeout=` on the retriever sets how long a call may take).") from e
         return call
 
+# %% ../nbs/05_retriever.ipynb #a973b2fe
+def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
+                   )->str:
+    "The dtype of the candidate stage: 'auto' picks bfloat16 only where the CPU runs it natively."
+    if dtype not in ('auto', 'float32', 'bfloat16'):
+        raise ValueError(f"candidate dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}.")
+    if dtype != 'auto': return dtype
+    from colpali_milvus.encode import cpu_has_fast_bf16
+    return 'bfloat16' if cpu_has_fast_bf16() else 'float32'
+
+def _as_f32(a:np.ndarray)->np.ndarray:
+    "`a` as float32; float16 goes through torch, whose conversion is ~10x faster than numpy's here."
+    if a.dtype == np.float32: return a
+    if a.dtype == np.float16:
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(a)).float().numpy()
+    return a.astype(np.float32)
+
 # %% ../nbs/05_retriever.ipynb #a4bb5051
 class MilvusColbertRetriever:
     "Multi-vector page store on Milvus with exact MaxSim ranking (interface of the Milvus ColPali notebook)."
@@ -171,12 +189,14 @@ class MilvusColbertRetriever:
                  f32_budget:int=2<<30, # keep page vectors as float32 in memory up to this many bytes, else float16
                  timeout:float|None=60.0, # seconds a data call (get, search, upsert...) may take; None: no limit
                  exhaustive_rows:int=300_000, # collections of at most this many vectors are scored exhaustively
+                 cand_dtype:str='auto', # candidate stage in 'bfloat16' or 'float32'; 'auto': bfloat16 where the CPU runs it natively
                 ):
         self.collection_name, self.dim = collection_name, dim
         self.client = milvus_client.client if isinstance(milvus_client, _Timed) else milvus_client
         self.db = _Timed(self.client, timeout)   # what data calls go through
         self.n_candidates, self.pool, self.exhaustive_rows = n_candidates, pool, exhaustive_rows
         self.refresh_s, self.full_refresh_s, self.f32_budget = refresh_s, full_refresh_s, f32_budget
+        self.cand_dtype = candidate_dtype(cand_dtype)
         self._engine = None
         if self.exists():
             self.dim = self._schema_dim()
@@ -422,43 +442,84 @@ def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned 
 
 # %% ../nbs/05_retriever.ipynb #316efd73
 class Engine:
-    "In-process search state: page vectors and pooled centroids of every complete page."
-    def __init__(self, dim:int, pool:int, f32_budget:int=2<<30):
+    "In-process search state: page vectors of every complete page, and their centroids in one matrix."
+    chunk = 1024   # pages per matrix product in the candidate stage (keeps the products' output in cache)
+    def __init__(self, dim:int, pool:int, f32_budget:int=2<<30, cand_dtype:str='auto'):
         self.dim, self.pool, self.f32_budget, self.dtype, self.vector_bytes = dim, pool, f32_budget, np.float32, 0
-        self.rows, self.full, self.pooled = {}, {}, {}   # page id -> page row / float16 vectors / float32 centroids
-        self._stack = None                                # (ids, padded centroids (P, pool, dim), mask (P, pool))
-        self._flat = None                                 # (ids, all vectors (rows, dim) float32, row offsets)
+        self.cand_dtype = candidate_dtype(cand_dtype)
+        self.rows, self.full, self.slot = {}, {}, {}     # page id -> page row / vectors / slot in `cent`
+        self.slot_ids = np.zeros(0, np.int64)            # slot -> page id (-1: free)
+        self.free = []                                   # free slots, lowest last
+        self.cent = self._alloc(0)                       # (slots * pool, dim) centroids, slot by slot
+        self._flat = None                                # (ids, all vectors (rows, dim) float32, row offsets)
         self.checked = self.full_checked = 0.0
+
+    def _alloc(self, n_slots:int):
+        if self.cand_dtype == 'bfloat16':
+            import torch
+            return torch.zeros((n_slots * self.pool, self.dim), dtype=torch.bfloat16)
+        return np.zeros((n_slots * self.pool, self.dim), np.float32)
+
+    def _take_slot(self)->int:
+        if not self.free:   # grow by half (at least 16 slots), copying once
+            n = len(self.slot_ids); grow = max(16, n // 2)
+            new = self._alloc(n + grow); new[:len(self.cent)] = self.cent; self.cent = new
+            self.slot_ids = np.concatenate([self.slot_ids, np.full(grow, -1, np.int64)])
+            self.free = list(range(n + grow - 1, n - 1, -1))
+        return self.free.pop()
+
+    def centroids(self, pooled:np.ndarray)->np.ndarray:
+        "Exactly `pool` centroid rows for a page: fewer are padded by repeating the first (a max ignores repeats), more are pooled again."
+        p = np.asarray(pooled, np.float32).reshape(-1, self.dim)
+        if not len(p): raise ValueError("a page needs at least one vector")
+        if len(p) > self.pool: p = pool_vectors(p, self.pool)
+        return np.concatenate([p, np.repeat(p[:1], self.pool - len(p), 0)])
 
     def put(self, row:dict, full:np.ndarray, pooled:np.ndarray):
         "Add or replace a page."
         pid = int(row['page_id'])
+        c = self.centroids(pooled)
         self.drop(pid)
-        self.rows[pid], self.full[pid], self.pooled[pid] = row, np.asarray(full, self.dtype), pooled
+        s = self._take_slot()
+        if isinstance(self.cent, np.ndarray): self.cent[s*self.pool:(s+1)*self.pool] = c
+        else:
+            import torch
+            self.cent[s*self.pool:(s+1)*self.pool] = torch.from_numpy(c)
+        self.slot_ids[s], self.slot[pid] = pid, s
+        self.rows[pid], self.full[pid] = row, np.asarray(full, self.dtype)
         self.vector_bytes += self.full[pid].nbytes
-        self._flat = None
         if self.dtype == np.float32 and self.vector_bytes > self.f32_budget:   # too big for float32: halve it
             self.dtype = np.float16
             self.full = {k: v.astype(np.float16) for k, v in self.full.items()}
             self.vector_bytes = sum(v.nbytes for v in self.full.values())
 
     def drop(self, pid:int):
-        "Forget a page."
-        old = self.full.pop(int(pid), None)
+        "Forget a page (its slot is reused by the next page added)."
+        pid = int(pid)
+        old = self.full.pop(pid, None)
         if old is not None: self.vector_bytes -= old.nbytes
-        for d in (self.rows, self.pooled): d.pop(int(pid), None)
-        self._stack = self._flat = None
+        self.rows.pop(pid, None)
+        s = self.slot.pop(pid, None)
+        if s is not None: self.slot_ids[s] = -1; self.free.append(s)
+        self._flat = None
 
-    def stack(self):
-        "Page ids, padded centroids and mask, rebuilt only after a change."
-        if self._stack is None:
-            ids = np.fromiter(self.pooled, dtype=np.int64, count=len(self.pooled))
-            m = max((len(p) for p in self.pooled.values()), default=1)
-            arr = np.zeros((len(ids), m, self.dim), np.float32); mask = np.zeros((len(ids), m), bool)
-            for j, pid in enumerate(ids):
-                p = self.pooled[pid]; arr[j, :len(p)], mask[j, :len(p)] = p, True
-            self._stack = ids, arr, mask
-        return self._stack
+    def centroid_scores(self, q:np.ndarray # query vectors (q, dim), float32
+                       )->np.ndarray:
+        "MaxSim of `q` against every slot's centroids: one score per slot, -inf for free slots."
+        n, m = len(self.slot_ids), self.pool
+        out = np.empty(n, np.float32)
+        if isinstance(self.cent, np.ndarray):
+            for s in range(0, n, self.chunk):
+                e = min(s + self.chunk, n)
+                out[s:e] = (q @ self.cent[s*m:e*m].T).reshape(len(q), e - s, m).max(2).sum(0)
+        else:
+            import torch
+            tq, res = torch.from_numpy(q).bfloat16(), torch.from_numpy(out)
+            for s in range(0, n, self.chunk):
+                e = min(s + self.chunk, n)
+                res[s:e] = (tq @ self.cent[s*m:e*m].T).view(len(q), e - s, m).amax(2).float().sum(0)
+        out[self.slot_ids < 0] = -np.inf
+        return out
 
     def flat(self):
         "Page ids, every vector of every page in one float32 matrix, and each page's first row (for exhaustive scoring)."
@@ -466,7 +527,7 @@ class Engine:
             ids = np.fromiter(self.full, dtype=np.int64, count=len(self.full))
             mats = [self.full[i] for i in ids]
             offsets = np.concatenate([[0], np.cumsum([len(m) for m in mats])[:-1]]).astype(np.int64)
-            self._flat = ids, np.concatenate(mats).astype(np.float32, copy=False), offsets
+            self._flat = ids, _as_f32(np.concatenate(mats)), offsets
         return self._flat
 
     @property
@@ -475,7 +536,10 @@ class Engine:
         return self.vector_bytes // (np.dtype(self.dtype).itemsize * self.dim)
 
     @property
-    def nbytes(self)->int: return self.vector_bytes + sum(a.nbytes for a in self.pooled.values())
+    def nbytes(self)->int:
+        "Bytes of page vectors and centroids held."
+        return self.vector_bytes + self.cent.nbytes if isinstance(self.cent, np.ndarray) else \
+               self.vector_bytes + self.cent.element_size() * self.cent.nelement()
 
 # %% ../nbs/05_retriever.ipynb #565788e4
 @patch
@@ -499,7 +563,7 @@ def engine(self:MilvusColbertRetriever, refresh:bool=False # compare with Milvus
     e, now = self._engine, time.monotonic()
     if e is None or refresh or now - e.checked > self.refresh_s: self._require()
     if e is None:
-        e = self._engine = Engine(self.dim, self.pool, self.f32_budget); refresh = True
+        e = self._engine = Engine(self.dim, self.pool, self.f32_budget, self.cand_dtype); refresh = True
     if refresh or now - e.full_checked > self.full_refresh_s: self._sync(e)
     elif now - e.checked > self.refresh_s:
         if self.num_pages() != len(e.rows): self._sync(e)
@@ -514,18 +578,21 @@ def warm(self:MilvusColbertRetriever)->MilvusColbertRetriever:
 
 # %% ../nbs/05_retriever.ipynb #69b42d2d
 @patch
-def candidates(self:MilvusColbertRetriever, query:np.ndarray # query vectors (q, dim)
+def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q, dim)
+               allowed=None # restrict to these page ids (None: every page)
               )->np.ndarray:
     "Ids of the pages worth scoring exactly: the best `n_candidates` by MaxSim on pooled centroids, or all pages."
-    ids, pooled, mask = self.engine().stack()
-    if len(ids) <= self.n_candidates: return ids
-    approx = maxsim(query, pooled, mask)
-    return ids[rank(approx, self.n_candidates)]
+    e = self.engine()
+    if len(e.rows) <= self.n_candidates: return np.fromiter(e.rows, np.int64, len(e.rows))
+    approx = e.centroid_scores(as_matrix(query, self.dim, what='query vectors'))
+    if allowed is not None: approx[~np.isin(e.slot_ids, np.asarray(list(allowed), np.int64))] = -np.inf
+    best = rank(approx, self.n_candidates)
+    return e.slot_ids[best[np.isfinite(approx[best])]]
 
 @patch
 def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
                  k:int=10, # pages to return
-                 page_ids:list|None=None # score only these pages (None: the candidate stage decides)
+                 page_ids:list|None=None # only these pages (None: all); up to `n_candidates` of them are all scored exactly
                 )->list[tuple[float, dict]]:
     "The best `k` pages by exact MaxSim over every vector: [(score, page row), ...], best first."
     e = self.engine()
@@ -534,9 +601,13 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
         ids, rows, offsets = e.flat()   # small collection: every page, one matrix product, as a brute force would
         scores = np.maximum.reduceat(q @ rows.T, offsets, axis=1).sum(axis=0)   # (q, rows): ~1.8x faster than (rows, q)
         return [(float(scores[j]), dict(e.rows[int(ids[j])])) for j in rank(scores, k)]
-    ids = [int(i) for i in (self.candidates(q) if page_ids is None else page_ids) if int(i) in e.full]
+    if page_ids is None: ids = [int(i) for i in self.candidates(q)]
+    else:
+        ids = [i for i in dict.fromkeys(int(i) for i in page_ids) if i in e.full]
+        if len(ids) > self.n_candidates and sum(len(e.full[i]) for i in ids) > self.exhaustive_rows:
+            ids = [int(i) for i in self.candidates(q, allowed=ids)]   # many pages: the candidate stage, among them
     if not ids: return []
-    scores = maxsim(q, [e.full[i] for i in ids])
+    scores = maxsim(q, [_as_f32(e.full[i]) for i in ids])
     return [(float(scores[j]), dict(e.rows[ids[j]])) for j in rank(scores, k)]
 
 @patch

@@ -155,3 +155,60 @@ def test_replace_and_delete(tmp_path, pages):
     r.delete_pages([0, 2])
     assert r.all_page_ids() == [1]
     assert [d for _, d in r.search(qs[0], 5)] == [1]
+
+
+@pytest.mark.parametrize("cand_dtype", ["float32", "bfloat16"])
+def test_candidate_stage_dtypes_agree_with_centroid_maxsim(tmp_path, pages, cand_dtype):
+    "The candidate stage scores each page by MaxSim over its centroids, in float32 or bfloat16; final scores stay exact."
+    from colpali_milvus.retriever import pool_vectors
+    ds, qs = pages
+    r = MilvusColbertRetriever(open_client(str(tmp_path / "m.db")), "c", n_candidates=3, exhaustive_rows=0,
+                               cand_dtype=cand_dtype)
+    r.create_collection()
+    r.add_pages(list(range(len(ds))), ds)
+    e = r.engine()
+    approx = e.centroid_scores(qs[0])
+    want = np.array([(qs[0] @ pool_vectors(ds[int(p)], r.pool).T).max(1).sum() for p in e.slot_ids if p >= 0])
+    got = approx[e.slot_ids >= 0]
+    np.testing.assert_allclose(got, want, rtol=1e-5 if cand_dtype == "float32" else 2e-2, atol=1e-3)
+    assert np.isneginf(approx[e.slot_ids < 0]).all()
+    for q, target in zip(qs, (4, 7)):
+        (score, row), *_ = r.search_pages(q, k=3)
+        assert row["page_id"] == target
+        np.testing.assert_allclose(score, brute(q, [ds[target]])[0], rtol=1e-3)   # exact (float16 storage) score
+
+
+def test_restricted_search_uses_only_allowed_pages(tmp_path, pages):
+    "page_ids restricts a search: few pages are all scored exactly, many go through the candidate stage among them."
+    ds, qs = pages
+    r = MilvusColbertRetriever(open_client(str(tmp_path / "m.db")), "c", n_candidates=2, exhaustive_rows=0)
+    r.create_collection()
+    r.add_pages(list(range(len(ds))), ds)
+    few = [0, 1]
+    res = r.search_pages(qs[0], k=10, page_ids=few)
+    assert sorted(row["page_id"] for _, row in res) == few   # up to n_candidates pages: all scored exactly
+    np.testing.assert_allclose([s for s, _ in res], sorted(brute(qs[0], [ds[i] for i in few]), reverse=True), rtol=1e-3)
+    many = [1, 2, 3, 4, 5, 6]
+    res = r.search_pages(qs[0], k=10, page_ids=many + [999])   # unknown ids are ignored
+    assert len(res) == 2 and {row["page_id"] for _, row in res} <= set(many)
+    assert res[0][1]["page_id"] == 4
+    assert r.search_pages(qs[1], k=10, page_ids=[4, 5, 6, 8, 9]) and \
+        7 not in {row["page_id"] for _, row in r.search_pages(qs[1], k=10, page_ids=[4, 5, 6, 8, 9])}
+
+
+def test_slots_are_reused_and_results_stay_right(tmp_path, pages):
+    "Deleting and re-adding pages reuses centroid slots; searches see exactly the pages present."
+    ds, qs = pages
+    r = MilvusColbertRetriever(open_client(str(tmp_path / "m.db")), "c", n_candidates=3, exhaustive_rows=0,
+                               f32_budget=1)   # float16 page vectors in memory from the first page
+    r.create_collection()
+    r.add_pages(list(range(len(ds))), ds)
+    e = r.engine()
+    n_slots = len(e.slot_ids)
+    r.delete_pages([4, 5])
+    assert 4 not in {row["page_id"] for _, row in r.search_pages(qs[0], k=10)}
+    r.add_pages([40, 50], [ds[4], ds[5]])
+    assert len(r.engine().slot_ids) == n_slots and r.engine().dtype == np.float16
+    (score, row), *_ = r.search_pages(qs[0], k=1)
+    assert row["page_id"] == 40
+    np.testing.assert_allclose(score, brute(qs[0], [ds[4]])[0], rtol=1e-3)
