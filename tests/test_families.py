@@ -246,3 +246,16 @@ def test_colsmol_pixel_shuffle_is_row_major(tiny_family_dir):
     ii, jj = np.meshgrid(np.arange(n // s), np.arange(n // s), indexing="ij")
     np.testing.assert_array_equal(out[..., 0].min(-1).values.numpy(), ii * s)
     np.testing.assert_array_equal(out[..., 1].min(-1).values.numpy(), jj * s)
+
+
+def test_colsmol_grid_without_splitting(tiny_family_dir):
+    "A ColSmol processor that does not split pages: the grid is the single (global) image's."
+    enc = _load(tiny_family_dir("colsmol"))
+    enc.processor.image_processor.do_image_splitting = False
+    page = _pages()[0]
+    g = enc.patch_grid(page)
+    side = int(enc.processor.image_seq_len ** 0.5)
+    assert (g.n_rows, g.n_cols) == (side, side)
+    ids = enc.processor.process_images([page])["input_ids"][0].numpy()
+    np.testing.assert_array_equal(g.positions.ravel(), np.flatnonzero(ids == enc.model.config.image_token_id))
+    assert g.n_vectors == len(enc.encode_images(page, progress=False)[0])
