@@ -19,3 +19,17 @@ def sample_pdf():
     p = data_path("sample.pdf")
     assert p.exists(), f"{p} is missing: run `python scripts/make_sample_pdf.py`"
     return p
+
+
+TINY_FAMILIES = ("colpali", "colqwen2", "colqwen2.5", "colsmol")  # the families `colpali_milvus.tiny.build_tiny` makes
+
+
+@pytest.fixture(scope="session")
+def tiny_family_dir(tmp_path_factory):
+    "A function: family ('colpali', 'colqwen2', 'colqwen2.5', 'colsmol') -> folder of its tiny random model, built once per session."
+    from colpali_milvus.tiny import build_tiny
+    root, built = tmp_path_factory.mktemp("tiny-families"), {}
+    def get(family):
+        if family not in built: built[family] = Path(build_tiny(family, root / family))
+        return built[family]
+    return get

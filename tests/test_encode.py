@@ -58,6 +58,7 @@ def test_encoder_attributes(enc, tiny_model_dir):
     assert enc.model_name == str(tiny_model_dir)
     assert enc.path == str(tiny_model_dir.resolve())
     assert (enc.device, enc.dtype, enc.dim, enc.is_tiny) == ("cpu", torch.float32, 128, True)
+    assert (enc.family, enc.model_type) == ("ColPali", "paligemma")
     assert not enc.model.training
     assert "TINY RANDOM" in repr(enc)
 
@@ -352,15 +353,20 @@ def test_adapter_needs_its_base(offline, tmp_path):
         resolve_model(ad)
 
 
-def test_other_family_is_not_implemented(tmp_path, tiny_model_dir):
+def test_unsupported_family_is_not_implemented(tmp_path, tiny_model_dir):
     d = tmp_path / "colqwen"
     shutil.copytree(tiny_model_dir, d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["model_type"] = "qwen2_vl"
+    cfg["model_type"] = "llava"
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UnsupportedModelError, match="qwen2_vl") as ei:
+    with pytest.raises(UnsupportedModelError, match="'llava' is not supported") as ei:
         ColPaliEncoder(d, device="cpu")
     assert isinstance(ei.value, NotImplementedError) and isinstance(ei.value, ColPaliMilvusError)
+    assert all(name in str(ei.value) for name in ("ColPali", "ColQwen2", "ColQwen2.5", "ColIdefics3"))
+    cfg["model_type"] = "colpali"  # transformers' own ColPaliForRetrieval (vidore/colpali-v1.3-hf)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedModelError, match="vidore/colpali-v1.3"):
+        ColPaliEncoder(d, device="cpu")
     # the family comes from the config, not the name: a PaliGemma folder named 'colqwen' is fine
     d2 = tmp_path / "colqwen2-looking-name"
     shutil.copytree(tiny_model_dir, d2)

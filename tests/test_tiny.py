@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from colpali_milvus.tiny import TINY_BANNER, TINY_MARKER, build_tiny_colpali, is_tiny_random
+from colpali_milvus.tiny import (TINY_ALIASES, TINY_BANNER, TINY_BUILDERS, TINY_MARKER, build_tiny, build_tiny_colpali,
+                                 is_tiny_random, tiny_model_path)
 
 
 def test_files_and_marker(tiny_model_dir):
@@ -80,3 +81,62 @@ def test_banner_says_how_to_get_the_real_model():
     for s in ("MEANINGLESS", "huggingface-cli download", "vidore/colpali-v1.2",
               "vidore/colpaligemma-3b-pt-448-base", "--model", "HF_HUB_OFFLINE"):
         assert s in TINY_BANNER, s
+
+
+# ---------------------------------------------------------------- the other families
+
+CLASSES = {"colpali": ("ColPali", "ColPaliProcessor", "paligemma"), "colqwen2": ("ColQwen2", "ColQwen2Processor", "qwen2_vl"),
+           "colqwen2.5": ("ColQwen2_5", "ColQwen2_5_Processor", "qwen2_5_vl"),
+           "colsmol": ("ColIdefics3", "ColIdefics3Processor", "idefics3")}
+
+
+@pytest.mark.parametrize("family", sorted(CLASSES))
+def test_family_files_and_loading(family, tiny_family_dir):
+    import colpali_engine.models as M
+    from PIL import Image
+    d = tiny_family_dir(family)
+    mcls, pcls, model_type = CLASSES[family]
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg[TINY_MARKER] is True and cfg["model_type"] == model_type
+    assert "MEANINGLESS" in (d / "README.md").read_text() and "Tiny random" in (d / "README.md").read_text()
+    size = sum(p.stat().st_size for p in d.iterdir())
+    assert size < 1.5e6, f"tiny {family} is {size/1e6:.1f} MB"
+    model = getattr(M, mcls).from_pretrained(d, dtype=torch.float32, device_map="cpu").eval()
+    proc = getattr(M, pcls).from_pretrained(d)
+    assert is_tiny_random(model.config) and model.dim == 128
+    imgs = proc.process_images([Image.new("RGB", (70, 90), "white"), Image.new("RGB", (200, 60), "white")])
+    qs = proc.process_queries(["a query with ünicode ✓", "x"])
+    assert qs["attention_mask"][1].sum() < qs["attention_mask"][0].sum()  # "x" is left-padded
+    assert qs["attention_mask"][1, 0] == 0
+    ids = proc.tokenizer("a ✓")["input_ids"]
+    assert proc.tokenizer.decode(ids, skip_special_tokens=True).strip() == "a ✓"  # any text round-trips
+    with torch.inference_mode():
+        e, q = model(**imgs), model(**qs)
+    assert e.shape[-1] == q.shape[-1] == 128
+    assert not e[imgs["attention_mask"].bool()].isnan().any() and not q[qs["attention_mask"].bool()].isnan().any()
+
+
+@pytest.mark.parametrize("family", ["colqwen2", "colqwen2.5", "colsmol"])
+def test_family_deterministic_seed(family, tmp_path):
+    w0 = load_file(build_tiny(family, tmp_path / "a", seed=0) / "model.safetensors")
+    w_same = load_file(build_tiny(family, tmp_path / "b", seed=0) / "model.safetensors")
+    w_other = load_file(build_tiny(family, tmp_path / "c", seed=1) / "model.safetensors")
+    assert all(torch.equal(w0[k], w_same[k]) for k in w0)
+    assert any(not torch.equal(w0[k], w_other[k]) for k in w0)
+
+
+def test_build_tiny_and_aliases(tmp_path, monkeypatch):
+    assert set(TINY_BUILDERS) == set(CLASSES) and set(TINY_ALIASES.values()) == set(CLASSES)
+    with pytest.raises(ValueError, match="unknown tiny model family"):
+        build_tiny("colbert", tmp_path / "x")
+    d = tmp_path / "precious"
+    d.mkdir()
+    (d / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        build_tiny("colsmol", d)
+    monkeypatch.setenv("COLPALI_MILVUS_CACHE", str(tmp_path / "cache"))
+    p = tiny_model_path("tiny-colsmol")
+    assert p == tmp_path / "cache" / "tiny-colsmol" and is_tiny_random(p)
+    assert tiny_model_path("colsmol") == p and tiny_model_path() == tmp_path / "cache" / "tiny-colpali"
+    with pytest.raises(ValueError, match="unknown tiny model"):
+        tiny_model_path("tiny-colbert")
