@@ -111,7 +111,7 @@ class AddReport(list):
         "One line per outcome, for people."
         lines = [f"{len(self)} pages encoded from {len(self.indexed)} files; {len(self.unchanged)} files unchanged"
                  + (f"; {self.removed} stale pages removed" if self.removed else '') + '.']
-        lines += [f"FAILED {src}: {msg}" for src, msg in self.errors.items()]
+        lines += [f"FAILED {msg}" for msg in self.errors.values()]  # each message starts with its file
         return '\n'.join(lines)
     def __repr__(self): return f"AddReport({self.summary()!r})"
 

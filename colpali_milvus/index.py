@@ -348,6 +348,8 @@ def search(self:ColPaliIndex, query, # a question in plain words, or a list of t
     self._require_collection()
     if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, not {k!r}.")
     many = not isinstance(query, str)
+    if many and (isinstance(query, (bytes, bytearray, dict)) or not hasattr(query, '__iter__')):
+        raise TypeError(f"A query must be a string or a list of strings, got {type(query).__name__}: {query!r:.80}.")
     queries = list(query) if many else [query]
     for q in queries: self._check_query(q)
     allowed = self._allowed(sources, where)

@@ -82,7 +82,9 @@ def _check_source(path, # file to check
     if not p.is_file(): raise PDFError(p, 'is not a regular file.', 'Pass a PDF, an image or a folder of them.')
     try:
         with open(p, 'rb') as f: head = f.read(1024)
-    except OSError as e: raise PDFError(p, f'cannot be read ({e.strerror}).', 'Check its permissions.') from None
+    except OSError as e:
+        hint = 'Check its permissions.' if isinstance(e, PermissionError) else 'Check the disk or file system it lies on.'
+        raise PDFError(p, f'cannot be read ({e.strerror}).', hint) from None
     if not head: raise PDFError(p, 'is empty (0 bytes).', 'Re-download or re-export it.')
     if pdf and b'%PDF-' not in head:
         kind = _file_kind(head)
