@@ -10,8 +10,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['ColPaliMilvusError', 'PDFError', 'PopplerMissingError', 'ModelUnavailableError', 'DimensionMismatchError',
-           'CollectionNotFoundError', 'DatabaseLockedError', 'MilvusUnavailableError', 'file_sha256', 'PageRecord',
-           'SearchResult', 'data_path']
+           'CollectionNotFoundError', 'DatabaseLockedError', 'MilvusUnavailableError', 'ModelMismatchError',
+           'SourceNotFoundError', 'file_sha256', 'PageRecord', 'SearchResult', 'DocumentResult', 'AddReport',
+           'data_path']
 
 # %% ../nbs/00_core.ipynb #879ec843
 class ColPaliMilvusError(Exception):
@@ -40,6 +41,12 @@ class DatabaseLockedError(ColPaliMilvusError, RuntimeError):
 
 class MilvusUnavailableError(ColPaliMilvusError, ConnectionError):
     "A Milvus server that does not answer (down, unreachable, or too slow)."
+
+class ModelMismatchError(ColPaliMilvusError, ValueError):
+    "A model other than the one a collection was built with."
+
+class SourceNotFoundError(ColPaliMilvusError, LookupError):
+    "A source file that is not in the index."
 
 # %% ../nbs/00_core.ipynb #2d795b64
 def file_sha256(path, # file to hash
@@ -76,6 +83,37 @@ class SearchResult:
     @property
     def name(self)->str: return Path(self.source).name
     def to_dict(self)->dict: return asdict(self)
+
+# %% ../nbs/00_core.ipynb #0422e9bf
+@dataclass
+class DocumentResult:
+    "One ranked document (source file) returned by a document-level search."
+    rank: int         # 1 = best
+    score: float      # the document's score: the MaxSim score of its best page
+    source: str       # the file
+    pages: list = field(default_factory=list) # its best-scoring `SearchResult`s, best first
+    metadata: dict = field(default_factory=dict) # metadata of its best page
+    @property
+    def name(self)->str: return Path(self.source).name
+    @property
+    def page(self)->int: return self.pages[0].page if self.pages else 0
+    def to_dict(self)->dict: return asdict(self)
+
+# %% ../nbs/00_core.ipynb #7c3e3339
+class AddReport(list):
+    "The `PageRecord`s an `add` encoded, with per-file outcomes: `indexed`, `unchanged`, `errors`, `removed`."
+    def __init__(self, pages=()):
+        super().__init__(pages)
+        self.indexed, self.unchanged, self.errors, self.removed = {}, [], {}, 0
+    @property
+    def ok(self)->bool: return not self.errors
+    def summary(self)->str:
+        "One line per outcome, for people."
+        lines = [f"{len(self)} pages encoded from {len(self.indexed)} files; {len(self.unchanged)} files unchanged"
+                 + (f"; {self.removed} stale pages removed" if self.removed else '') + '.']
+        lines += [f"FAILED {msg}" for msg in self.errors.values()]  # each message starts with its file
+        return '\n'.join(lines)
+    def __repr__(self): return f"AddReport({self.summary()!r})"
 
 # %% ../nbs/00_core.ipynb #284460bb
 def data_path(name:str='' # file name inside the package's data folder

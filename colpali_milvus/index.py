@@ -4,16 +4,16 @@
 
 # %% ../nbs/07_index.ipynb #3dcf100a
 from __future__ import annotations
-import hashlib, json
+import hashlib, json, os, re, warnings
 from pathlib import Path
 from fastcore.basics import patch
 from .core import *
-from .retriever import MilvusColbertRetriever, open_client, close_client, is_local_uri
-from .rasterize import rasterize
+from .retriever import MilvusColbertRetriever, open_client, close_client, is_local_uri, VECTORS_SUFFIX, _lite_servers
+from .rasterize import iter_inputs, probe, render_pages
 from .encode import DEFAULT_MODEL
 
 # %% auto #0
-__all__ = ['page_id_for', 'ColPaliIndex']
+__all__ = ['MAX_NAME', 'page_id_for', 'check_collection_name', 'ColPaliIndex']
 
 # %% ../nbs/07_index.ipynb #1c6f708b
 def page_id_for(source:str, # absolute path of the page's file
@@ -23,6 +23,17 @@ def page_id_for(source:str, # absolute path of the page's file
     return int.from_bytes(hashlib.sha256(f"{source}\0{page}".encode()).digest()[:8], 'big') >> 17
 
 # %% ../nbs/07_index.ipynb #c57dc92e
+MAX_NAME = 255 - len(VECTORS_SUFFIX)   # the vectors collection adds its suffix
+
+def check_collection_name(name:str # a collection name
+                         )->str:
+    "`name` if Milvus accepts it as a collection name, else a `ValueError` that says what it may contain."
+    if not isinstance(name, str) or not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', name) or len(name) > MAX_NAME:
+        raise ValueError(f"Collection name {name!r} is not valid: it must start with a letter or '_' and hold only "
+                         f"ASCII letters, digits and '_' (at most {MAX_NAME} characters), e.g. 'my_papers'.")
+    return name
+
+# %% ../nbs/07_index.ipynb #38e7e37d
 class ColPaliIndex:
     "A searchable index of PDF pages: rasterize, encode with a ColPali model, store in Milvus, rank by exact MaxSim."
     def __init__(self, uri:str='colpali.db', # Milvus Lite file, or a server address such as http://localhost:19530
@@ -34,24 +45,31 @@ class ColPaliIndex:
                  dtype=None, # None picks bf16/fp16 only where the hardware runs them fast, else float32
                  batch_size:int=4, # pages encoded per forward pass
                  encoder=None, # a ready `ColPaliEncoder` (skips loading a model)
-                 **retriever_kwargs # passed to `MilvusColbertRetriever` (n_candidates, cache_bytes, ...)
+                 **retriever_kwargs # passed to `MilvusColbertRetriever` (n_candidates, refresh_s, timeout, ...)
                 ):
-        self.uri, self.collection = str(uri), collection
+        self.uri, self.collection = str(uri), check_collection_name(collection)
         if encoder is not None and model is None: model = encoder.model_name
         if encoder is not None and model != encoder.model_name:
             raise ValueError(f"model={model!r} but the encoder given is {encoder.model_name!r}: pass one of them.")
+        fresh = is_local_uri(self.uri) and str(Path(self.uri).expanduser().absolute()) not in _lite_servers()
         self.client = open_client(self.uri, token)
-        self.retriever = MilvusColbertRetriever(self.client, collection, **retriever_kwargs)
-        info = self.info() if self.retriever.exists() else {}
-        self.model = model or info.get('model') or DEFAULT_MODEL
-        if info.get('model') and model and model != info['model']:
-            raise ValueError(f"Collection {collection!r} was built with model {info['model']!r}, not {model!r}: "
-                             "vectors of different models cannot be compared. Open it without `model`, or use another collection.")
+        try:
+            self.retriever = MilvusColbertRetriever(self.client, collection, **retriever_kwargs)
+            built = self.retriever.properties().get('colpali_milvus.model') if self.retriever.exists() else None
+            if built and model and str(model) != built:
+                raise ModelMismatchError(
+                    f"Collection {collection!r} was built with model {built!r}, not {model!r}: vectors of different "
+                    "models cannot be compared. Open it without `model` (its own model is used), or use another collection.")
+            self.model = str(model or built or DEFAULT_MODEL)
+            self._encoder = None
+            if encoder is not None: self._check_dim(encoder.dim); self._encoder = encoder
+        except BaseException:
+            if fresh: close_client(self.client, self.uri)  # release a Lite db this call opened; others may share it
+            raise
         if pages_dir is None:
             pages_dir = (Path(self.uri).parent/f"{Path(self.uri).stem}_pages") if is_local_uri(self.uri) else Path('colpali_pages')
-        self.pages_dir = Path(pages_dir).absolute()
+        self.pages_dir = Path(pages_dir).expanduser().absolute()
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
-        self._encoder = encoder
 
     def __repr__(self): return f"ColPaliIndex(uri={self.uri!r}, collection={self.collection!r}, model={self.model!r})"
     def __enter__(self): return self
@@ -63,94 +81,288 @@ class ColPaliIndex:
 
 # %% ../nbs/07_index.ipynb #3f4001e0
 @patch
+def _check_dim(self:ColPaliIndex, dim:int):
+    "Raise `DimensionMismatchError` unless the collection (if it exists) holds `dim`-d vectors."
+    if not self.retriever.exists(): return
+    want = int(self.retriever.properties().get('colpali_milvus.dim') or self.retriever.dim)
+    if int(dim) != want:
+        raise DimensionMismatchError(
+            f"Collection {self.collection!r} holds {want}-d vectors but model {self.model!r} makes {dim}-d ones: they "
+            "cannot be compared. Use the collection's own model, or another collection.")
+
+@patch
 def info(self:ColPaliIndex)->dict:
-    "Model, dimension and page count of the collection ({} when it does not exist yet)."
+    "Model, vector dimension, page and document counts of the collection ({} when it does not exist yet)."
     if not self.retriever.exists(): return {}
     props = self.retriever.properties()
-    return {'model': props.get('colpali_milvus.model'), 'dim': self.retriever.dim, 'pages': self.retriever.num_pages()}
+    return {'model': props.get('colpali_milvus.model'), 'dim': int(props.get('colpali_milvus.dim') or self.retriever.dim),
+            'pages': self.retriever.num_pages(), 'documents': len(self.sources())}
 
 @patch(as_prop=True)
 def encoder(self:ColPaliIndex):
     "The ColPali encoder, loaded on first use."
     if self._encoder is None:
         from colpali_milvus.encode import ColPaliEncoder
-        self._encoder = ColPaliEncoder(self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size)
+        enc = ColPaliEncoder(self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size)
+        self._check_dim(enc.dim)
+        self._encoder = enc
     return self._encoder
 
 @patch
 def _ensure_collection(self:ColPaliIndex):
     if self.retriever.exists(): return
     self.retriever.dim = self.encoder.dim
-    self.retriever.create_collection({'colpali_milvus.model': self.model})
-
-# %% ../nbs/07_index.ipynb #0ed7cd0d
-@patch
-def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of them
-        on_error:str='raise', # 'raise' stops at the first bad file; 'skip' warns and indexes the rest
-        metadata:dict|None=None, # stored with every page added by this call
-        password:str|None=None, # for encrypted PDFs
-        progress:bool=True # show progress bars
-       )->list[PageRecord]:
-    "Index the pages of `paths`; returns the pages that were encoded (already-indexed pages are skipped)."
-    records = rasterize(paths, pages_dir=self.pages_dir, password=password, on_error=on_error)
-    self._ensure_collection()
-    ids = [page_id_for(r.source, r.page) for r in records]
-    stored = self.retriever.page_rows(ids)
-    todo = [(i, r) for i, r in zip(ids, records) if stored.get(i, {}).get('sha256') != r.sha256]
-    for s in range(0, len(todo), self.batch_size * 4):
-        chunk = todo[s:s + self.batch_size * 4]
-        vecs = self.encoder.encode_images([r.image_path for _, r in chunk], progress=progress)
-        self.retriever.add_pages([pid for pid, _ in chunk], vecs,
-                                 [dict(source=r.source, page=r.page, image_path=r.image_path, sha256=r.sha256,
-                                       metadata=metadata) for _, r in chunk])
-    self._drop_stale_pages(records)
-    return [r for _, r in todo]
+    self.retriever.create_collection({'colpali_milvus.model': self.model, 'colpali_milvus.dim': self.encoder.dim})
 
 @patch
-def _drop_stale_pages(self:ColPaliIndex, records):
-    "Delete stored pages of the given sources that no longer exist (a file that got shorter)."
-    for src in {r.source for r in records}:
-        keep = {page_id_for(src, r.page) for r in records if r.source == src}
-        rows = self.client.query(self.retriever.collection_name, filter=f"source == {json.dumps(src, ensure_ascii=False)}",
-                                 output_fields=['page_id'], limit=16384)
-        stale = [r['page_id'] for r in rows if r['page_id'] not in keep]
-        if stale: self.retriever.delete_pages(stale)
-
-# %% ../nbs/07_index.ipynb #0757ddd5
-@patch
-def search(self:ColPaliIndex, query, # a question in plain words, or a list of them
-           k:int=5 # pages per query
-          ):
-    "The `k` best pages for `query` as `SearchResult`s (a list of such lists for a list of queries)."
+def _require_collection(self:ColPaliIndex):
     if not self.retriever.exists():
         raise CollectionNotFoundError(f"Collection {self.collection!r} does not exist in {self.uri}: add documents first "
                                       f"(`index.add(...)` or `colpali-milvus index PATH --db {self.uri}`).")
+
+# %% ../nbs/07_index.ipynb #0ed7cd0d
+_TABLE = ('page_id', 'source', 'page', 'image_path', 'sha256', 'metadata', 'n_vectors', 'n_pooled')
+
+def _meta(row:dict)->dict:
+    "A page row's user metadata as a dict."
+    m = row.get('metadata') or {}
+    return json.loads(m) if isinstance(m, str) else dict(m)
+
+@patch
+def _page_table(self:ColPaliIndex)->dict:
+    "Every stored page row (without vectors), by page id."
+    if not self.retriever.exists(): return {}
+    return {int(r['page_id']): r for r in self.retriever.all_page_rows(_TABLE)}
+
+@patch
+def sources(self:ColPaliIndex)->dict:
+    "Indexed files and their page counts."
+    counts = {}
+    for r in self._page_table().values(): counts[r['source']] = counts.get(r['source'], 0) + 1
+    return dict(sorted(counts.items()))
+
+@patch
+def __len__(self:ColPaliIndex)->int: return self.retriever.num_pages() if self.retriever.exists() else 0
+
+# %% ../nbs/07_index.ipynb #0757ddd5
+def _display(path)->str:
+    "A path as text that can always be printed (bytes that are not UTF-8 shown as escapes)."
+    return os.fsencode(str(path)).decode('utf-8', 'backslashreplace')
+
+def _check_storable(path:Path):
+    "Raise `PDFError` for a path the index cannot store (not UTF-8, or longer than Milvus' 4096-byte field)."
+    try: n = len(str(path).encode('utf-8'))
+    except UnicodeEncodeError:
+        raise PDFError(_display(path), 'has a name that is not valid UTF-8, which the index cannot store.',
+                       'Rename it (e.g. `convmv -f latin1 -t utf8 --notest FILE`).') from None
+    if n > 4096: raise PDFError(_display(path), f'has a {n}-byte path; the index stores at most 4096.', 'Move it to a shorter path.')
+
+def _check_metadata(metadata)->dict|None:
+    "`metadata` if it is a dict that JSON can store, else a clear error."
+    if metadata is None: return None
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise TypeError(f"metadata must be a dict with string keys, e.g. {{'year': 2024}}, not {metadata!r:.100}.")
+    try: return json.loads(json.dumps(metadata, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata must hold only JSON values (str, number, bool, None, list, dict): {e}.") from None
+
+# %% ../nbs/07_index.ipynb #884b3865
+@patch
+def _plan(self:ColPaliIndex, src, table:dict, metadata)->tuple[list, list]:
+    "Pages of `src` to encode, and stored pages of it whose metadata alone must change."
+    todo, relabel = [], []
+    for p in range(1, src.pages + 1):
+        row = table.get(page_id_for(str(src.path), p))
+        if row is None or row['sha256'] != src.sha256: todo.append(p)
+        elif metadata is not None and _meta(row) != metadata: relabel.append(row)
+    return todo, relabel
+
+@patch
+def _relabel(self:ColPaliIndex, rows:list, metadata:dict):
+    "Store new `metadata` with stored pages, reusing their vectors (nothing is encoded again)."
+    for s in range(0, len(rows), 64):
+        part = rows[s:s+64]
+        vecs = self.retriever.page_vectors({int(r['page_id']): r for r in part})
+        self.retriever.add_pages([int(r['page_id']) for r in part], [vecs[int(r['page_id'])] for r in part],
+                                 [{**{k: r[k] for k in ('source', 'page', 'image_path', 'sha256')}, 'metadata': metadata}
+                                  for r in part])
+
+@patch
+def _add_file(self:ColPaliIndex, src, todo:list, metadata, password, chunk:int, bar)->list[PageRecord]:
+    "Render, encode and commit pages `todo` of `src`, `chunk` pages at a time."
+    done = []
+    for part in render_pages(src, todo, self.pages_dir, password=password, chunk=chunk):
+        vecs = self.encoder.encode_images([r.image_path for r in part], progress=False)
+        self.retriever.add_pages([page_id_for(r.source, r.page) for r in part], vecs,
+                                 [dict(source=r.source, page=r.page, image_path=r.image_path, sha256=r.sha256,
+                                       metadata=metadata or {}) for r in part])
+        done += part; bar.update(len(part))
+    return done
+
+@patch
+def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of them
+        on_error:str='raise', # 'raise' stops at the first bad file; 'skip' warns, indexes the rest and reports it
+        metadata:dict|None=None, # JSON values stored with every page of these files (None: keep what is stored)
+        password:str|None=None, # for encrypted PDFs
+        progress:bool=True, # show a progress bar over pages
+        chunk:int|None=None # pages rendered, encoded and committed per step (default: 4 x batch_size)
+       )->AddReport:
+    "Index the files in `paths`; returns the pages encoded (an `AddReport`, which also lists unchanged and failed files)."
+    from tqdm.auto import tqdm
+    if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
+    metadata, chunk = _check_metadata(metadata), chunk or self.batch_size * 4
+    report = AddReport()
+    def failed(where, e):
+        if on_error == 'raise': raise e
+        report.errors[_display(where)] = str(e)
+        warnings.warn(f"Skipping {e}", stacklevel=4)
+    sources = []
+    for f in iter_inputs(paths, self.pages_dir):
+        if isinstance(f, PDFError): failed(f.path, f); continue
+        try: _check_storable(f); sources.append(probe(f, password))
+        except PDFError as e: failed(f, e)
+    if not sources: return report
+    self._ensure_collection()
+    self._check_dim(self.encoder.dim)
+    table = self._page_table()
+    plans = [(src, *self._plan(src, table, metadata)) for src in sources]
+    with tqdm(total=sum(len(t) for _, t, _ in plans), unit='page', desc='indexing', disable=not progress) as bar:
+        for src, todo, relabel in plans:
+            name = str(src.path)
+            if not todo and not relabel: report.unchanged.append(name)
+            try:
+                if relabel: self._relabel(relabel, metadata)
+                if todo: report += self._add_file(src, todo, metadata, password, chunk, bar)
+            except (PDFError, DimensionMismatchError, ValueError) as e:
+                failed(src.path, e if isinstance(e, PDFError) else PDFError(name, f'could not be indexed: {e}')); continue
+            if todo: report.indexed[name] = len(todo)
+            keep = {page_id_for(name, p) for p in range(1, src.pages + 1)}
+            stale = [pid for pid, r in table.items() if r['source'] == name and pid not in keep]
+            if stale: self.retriever.delete_pages(stale); report.removed += len(stale)
+    return report
+
+# %% ../nbs/07_index.ipynb #72636645
+def _matches(stored:str, wanted:str)->bool:
+    "Whether source `stored` is `wanted` or lies under folder `wanted`."
+    return stored == wanted or stored.startswith(wanted.rstrip(os.sep) + os.sep)
+
+@patch
+def _resolve_sources(self:ColPaliIndex, sources, table:dict)->dict:
+    "Stored page rows of `sources` (files or folders), by page id; `SourceNotFoundError` for one that is not indexed."
+    if isinstance(sources, (str, os.PathLike)): sources = [sources]
+    stored = {r['source'] for r in table.values()}
+    picked = set()
+    for s in sources:
+        keys = {str(s), str(Path(s).expanduser().absolute()), str(Path(s).expanduser().resolve())}
+        hit = {src for src in stored if any(_matches(src, k) for k in keys)}
+        if not hit:
+            shown = ', '.join(sorted(stored)[:5]) + (' ...' if len(stored) > 5 else '') or 'none'
+            raise SourceNotFoundError(f"{_display(s)} is not indexed in collection {self.collection!r} "
+                                      f"(indexed: {shown}). `index.sources()` lists every indexed file.")
+        picked |= hit
+    return {pid: r for pid, r in table.items() if r['source'] in picked}
+
+@patch
+def remove(self:ColPaliIndex, sources # a file or folder that was indexed, or a list of them
+          )->int:
+    "Delete every page of `sources` and their vectors; returns the number of pages removed."
+    self._require_collection()
+    table = self._page_table()
+    gone = self._resolve_sources(sources, table)
+    self.retriever.delete_pages(list(gone))
+    used = {r['image_path'] for pid, r in table.items() if pid not in gone}
+    for r in gone.values():
+        png = Path(r['image_path'])
+        if r['image_path'] not in used and png.is_relative_to(self.pages_dir): png.unlink(missing_ok=True)
+    for folder in {Path(r['image_path']).parent for r in gone.values()}:
+        if folder.is_relative_to(self.pages_dir) and folder.is_dir() and not any(folder.glob('page-*.png')):
+            (folder/'render.json').unlink(missing_ok=True)
+            try: folder.rmdir()
+            except OSError: pass
+    return len(gone)
+
+# %% ../nbs/07_index.ipynb #e8e3e7a1
+def _where_ok(meta:dict, where:dict)->bool:
+    "Whether metadata `meta` satisfies every condition of `where`."
+    for k, want in where.items():
+        if k not in meta: return False
+        v = meta[k]
+        if callable(want): ok = want(v)
+        elif isinstance(want, (list, tuple, set, frozenset)): ok = v in want
+        else: ok = v == want
+        if not ok: return False
+    return True
+
+@patch
+def _allowed(self:ColPaliIndex, sources, where)->list|None:
+    "Ids of the pages a search may return (None: all)."
+    if sources is None and where is None: return None
+    rows = self.retriever.engine().rows
+    if sources is not None: rows = self._resolve_sources(sources, rows)
+    if where is not None:
+        if not isinstance(where, dict): raise TypeError(f"where must be a dict of metadata conditions, not {where!r:.100}.")
+        rows = {pid: r for pid, r in rows.items() if _where_ok(_meta(r), where)}
+    return sorted(rows)
+
+@patch
+def _check_query(self:ColPaliIndex, q):
+    "Raise a clear error for a query that is not a string, is empty, or is longer than the model reads."
+    if not isinstance(q, str): raise TypeError(f"A query must be a string, got {type(q).__name__}: {q!r:.80}.")
+    if not q.strip(): raise ValueError("The query is empty: give a question or a few words to look for.")
+    cfg = getattr(getattr(self.encoder, 'model', None), 'config', None)
+    limit = getattr(getattr(cfg, 'text_config', cfg), 'max_position_embeddings', None)
+    tok = getattr(getattr(self.encoder, 'processor', None), 'tokenizer', None)
+    if limit is None or tok is None: return
+    n = len(q) if len(q) > 8 * limit else len(tok(q, add_special_tokens=False)['input_ids'])
+    if n > limit:
+        raise ValueError(f"The query is too long ({len(q)} characters, {n} tokens); model {self.model!r} reads at most "
+                         f"{limit} tokens. Shorten it to a question or a few sentences.")
+
+@patch
+def _hits(self:ColPaliIndex, hits)->list[SearchResult]:
+    return [SearchResult(rank=i+1, score=s, page_id=int(r['page_id']), source=r['source'], page=r['page'],
+                         image_path=r['image_path'], metadata=_meta(r)) for i, (s, r) in enumerate(hits)]
+
+@patch
+def _documents(self:ColPaliIndex, qv, k:int, allowed)->list[DocumentResult]:
+    "The `k` best documents, each scored by its best page."
+    total = len(allowed) if allowed is not None else len(self.retriever.engine().rows)
+    want = 4 * k
+    while True:
+        hits = self._hits(self.retriever.search_pages(qv, min(want, total), page_ids=allowed))
+        docs = {}
+        for h in hits: docs.setdefault(h.source, []).append(h)
+        if len(docs) >= k or len(hits) < min(want, total) or want >= total: break
+        want *= 4
+    return [DocumentResult(rank=i+1, score=ps[0].score, source=src, pages=ps, metadata=ps[0].metadata)
+            for i, (src, ps) in enumerate(list(docs.items())[:k])]
+
+@patch
+def search(self:ColPaliIndex, query, # a question in plain words, or a list of them
+           k:int=5, # pages (or documents) per query
+           sources=None, # only pages of these files or folders
+           where:dict|None=None, # only pages whose metadata match, e.g. {'year': 2024} or {'lang': ['en', 'fr']}
+           documents:bool=False # rank documents (each scored by its best page) instead of pages
+          ):
+    "The `k` best pages (or documents) for `query`: a list of results, or a list of such lists for a list of queries."
+    self._require_collection()
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, not {k!r}.")
     many = not isinstance(query, str)
+    if many and (isinstance(query, (bytes, bytearray, dict)) or not hasattr(query, '__iter__')):
+        raise TypeError(f"A query must be a string or a list of strings, got {type(query).__name__}: {query!r:.80}.")
     queries = list(query) if many else [query]
+    for q in queries: self._check_query(q)
+    allowed = self._allowed(sources, where)
     out = []
     for qv in self.encoder.encode_queries(queries):
-        hits = self.retriever.search_pages(qv, k)
-        out.append([SearchResult(rank=i+1, score=s, page_id=r['page_id'], source=r['source'], page=r['page'],
-                                 image_path=r['image_path'], metadata=r['metadata'] or {})
-                    for i, (s, r) in enumerate(hits)])
+        if documents: out.append(self._documents(qv, k, allowed))
+        elif allowed is not None and not allowed: out.append([])
+        else: out.append(self._hits(self.retriever.search_pages(qv, k, page_ids=allowed)))
     return out if many else out[0]
 
 @patch
 def show(self:ColPaliIndex, results, **kwargs):
     "Display `results` as a gallery of page thumbnails (click one to see the page large)."
     from colpali_milvus.widgets import show_results
+    if results and isinstance(results[0], DocumentResult): results = [p for d in results for p in d.pages[:1]]
     return show_results(results, **kwargs)
-
-@patch
-def sources(self:ColPaliIndex)->dict:
-    "Indexed files and their page counts."
-    if not self.retriever.exists(): return {}
-    counts = {}
-    it = self.client.query_iterator(self.retriever.collection_name, batch_size=16384, filter='', output_fields=['source'])
-    while batch := it.next():
-        for r in batch: counts[r['source']] = counts.get(r['source'], 0) + 1
-    it.close()
-    return dict(sorted(counts.items()))
-
-@patch
-def __len__(self:ColPaliIndex)->int: return self.retriever.num_pages() if self.retriever.exists() else 0

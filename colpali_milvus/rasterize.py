@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, numbers, os, re, shutil, unicodedata, uuid, warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
@@ -15,7 +16,7 @@ from .core import PDFError, PopplerMissingError, PageRecord, file_sha256
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PDF_EXTS', 'POPPLER_INSTALL', 'find_inputs', 'pdf_page_count', 'rasterize_pdf', 'rasterize_image',
-           'rasterize']
+           'iter_inputs', 'rasterize', 'SourceFile', 'probe', 'render_pages']
 
 # %% ../nbs/01_rasterize.ipynb #ff3c8284
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp')
@@ -81,7 +82,9 @@ def _check_source(path, # file to check
     if not p.is_file(): raise PDFError(p, 'is not a regular file.', 'Pass a PDF, an image or a folder of them.')
     try:
         with open(p, 'rb') as f: head = f.read(1024)
-    except OSError as e: raise PDFError(p, f'cannot be read ({e.strerror}).', 'Check its permissions.') from None
+    except OSError as e:
+        hint = 'Check its permissions.' if isinstance(e, PermissionError) else 'Check the disk or file system it lies on.'
+        raise PDFError(p, f'cannot be read ({e.strerror}).', hint) from None
     if not head: raise PDFError(p, 'is empty (0 bytes).', 'Re-download or re-export it.')
     if pdf and b'%PDF-' not in head:
         kind = _file_kind(head)
@@ -178,10 +181,10 @@ def _pages_to_render(folder:Path, n:int, settings:dict)->list[int]:
     _write_atomic(mf, lambda f: f.write(json.dumps(settings, indent=1).encode()))
     return list(range(1, n+1))
 
-def _records(source:Path, folder:Path, n:int, sha:str)->list[PageRecord]:
-    "The `PageRecord`s of the `n` pages in `folder`, with the PNGs' sizes."
+def _records(source:Path, folder:Path, n:int, sha:str, pages:list[int]|None=None)->list[PageRecord]:
+    "The `PageRecord`s of the `n` pages in `folder` (or of `pages` only), with the PNGs' sizes."
     out = []
-    for i in range(1, n+1):
+    for i in (range(1, n+1) if pages is None else pages):
         p = folder/_page_name(i)
         with Image.open(p) as im: w, h = im.size
         out.append(PageRecord(str(source), i, str(p), w, h, sha))
@@ -294,6 +297,23 @@ def _rasterize_file(f:Path, pages_dir, max_size, dpi, thread_count, password)->l
     return rasterize_image(f, pages_dir, max_size)
 
 # %% ../nbs/01_rasterize.ipynb #19b16a30
+def iter_inputs(paths, # a file or folder, or a list of them
+                pages_dir=None, # files inside this folder (rendered pages) are never inputs
+                recursive:bool=True # search sub-folders of folders too
+               ):
+    "Each input file once (absolute path, in order), or the `PDFError` of a path that cannot be used."
+    if isinstance(paths, (str, os.PathLike)): paths = [paths]
+    root, seen = (Path(pages_dir).expanduser().resolve() if pages_dir is not None else None), set()
+    for p in paths:
+        try: files = find_inputs(p, recursive)
+        except PDFError as e: yield e; continue
+        if Path(p).expanduser().is_dir():
+            if root is not None: files = [f for f in files if not f.is_relative_to(root)]
+            if not files: warnings.warn(f'{p}: contains no PDF or image ({", ".join(PDF_EXTS + IMAGE_EXTS)}).', stacklevel=3)
+        for f in files:
+            if f not in seen: seen.add(f); yield f
+
+# %% ../nbs/01_rasterize.ipynb #7f4cc6bf
 def rasterize(paths, # a file or folder, or a list of them
               pages_dir='pages', # folder for the page PNGs
               max_size:int=1024, # longest side of each page in pixels
@@ -305,20 +325,65 @@ def rasterize(paths, # a file or folder, or a list of them
     "Render every PDF and image in `paths` to page PNGs and return their records, in order."
     if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
     _check_args(max_size, dpi, thread_count)
-    if isinstance(paths, (str, os.PathLike)): paths = [paths]
-    root, records, seen = Path(pages_dir).expanduser().resolve(), [], set()
+    records = []
     def _failed(e):
         if on_error == 'raise': raise e
         warnings.warn(f'Skipping {e}', stacklevel=3)
-    for p in paths:
-        try: files = find_inputs(p)
-        except PDFError as e: _failed(e); continue
-        if Path(p).is_dir():
-            files = [f for f in files if not f.is_relative_to(root)]
-            if not files: warnings.warn(f'{p}: contains no PDF or image ({", ".join(PDF_EXTS + IMAGE_EXTS)}).', stacklevel=2)
-        for f in files:
-            if f in seen: continue
-            seen.add(f)
-            try: records += _rasterize_file(f, pages_dir, max_size, dpi, thread_count, password)
-            except PDFError as e: _failed(e)
+    for f in iter_inputs(paths, pages_dir):
+        if isinstance(f, PDFError): _failed(f); continue
+        try: records += _rasterize_file(f, pages_dir, max_size, dpi, thread_count, password)
+        except PDFError as e: _failed(e)
     return records
+
+# %% ../nbs/01_rasterize.ipynb #1dca1922
+@dataclass
+class SourceFile:
+    "An input file that passed the checks: what it is, how many pages it has and its content hash."
+    path: Path        # absolute path
+    kind: str         # 'pdf' or 'image'
+    pages: int        # number of pages (1 for an image)
+    sha256: str       # content hash
+    info: dict = field(default_factory=dict, repr=False) # poppler's pdfinfo fields (PDFs)
+
+def probe(path, # a PDF or image file
+          password:str|None=None # user or owner password of an encrypted PDF
+         )->SourceFile:
+    "Check that `path` can be rendered and return its kind, page count and content hash (nothing is rendered)."
+    path = Path(path).expanduser().resolve()
+    head = _check_source(path, pdf=False)
+    ext = path.suffix.lower()
+    if b'%PDF-' in head or ext in PDF_EXTS or not (ext in IMAGE_EXTS or _file_kind(head).endswith(' image')):
+        info = _pdfinfo(path, password)
+        return SourceFile(path, 'pdf', info['Pages'], file_sha256(path), info)
+    return SourceFile(path, 'image', 1, file_sha256(path))
+
+def _settings(kind:str, max_size:int, dpi=None)->dict:
+    "What `render.json` records for pages of a `kind` file rendered with these settings."
+    if kind == 'pdf': return {'kind': 'pdf', 'max_size': None if dpi else max_size, 'dpi': dpi}
+    return {'kind': 'image', 'max_size': max_size}
+
+# %% ../nbs/01_rasterize.ipynb #59fd335d
+def render_pages(src:SourceFile, # a file checked by `probe`
+                 pages:list[int]|None=None, # 1-based page numbers to render (default: all)
+                 pages_dir='pages', # folder for the page PNGs
+                 max_size:int=1024, # longest side of each page in pixels (ignored for PDFs when `dpi` is given)
+                 dpi:int|None=None, # render PDFs at this resolution instead
+                 thread_count:int|None=None, # poppler processes; default min(4, CPUs)
+                 password:str|None=None, # password of an encrypted PDF
+                 chunk:int|None=16 # pages per step (None: all at once)
+                ):
+    "Render `pages` of `src`, yielding their `PageRecord`s `chunk` pages at a time (pages already rendered are reused)."
+    _check_args(max_size, dpi, thread_count)
+    if chunk is not None and not _int_ok(chunk): raise ValueError(f'chunk must be a positive int or None, not {chunk!r}.')
+    want = list(range(1, src.pages+1)) if pages is None else sorted(set(int(p) for p in pages))
+    if bad := [p for p in want if not 1 <= p <= src.pages]:
+        raise ValueError(f'{src.path} has pages 1..{src.pages}; there is no page {bad[0]}.')
+    folder = _page_folder(src.path, src.sha256, pages_dir)
+    todo = set(_pages_to_render(folder, src.pages, {**_settings(src.kind, max_size, dpi), 'pages': src.pages}))
+    step = chunk or max(len(want), 1)
+    for s in range(0, len(want), step):
+        part = want[s:s+step]
+        if need := [p for p in part if p in todo]:
+            if src.kind == 'pdf': _render_pdf(src.path, folder, need, src.info, max_size, dpi, thread_count, password)
+            else: _save_png(_load_image(src.path, max_size), folder/_page_name(1))
+        yield _records(src.path, folder, src.pages, src.sha256, part)

@@ -1,0 +1,69 @@
+"""Peak memory and speed of indexing one long PDF with the tiny model, in a fresh subprocess per size.
+
+    python bench/stream_memory.py                 # 100- and 500-page PDFs
+    python bench/stream_memory.py --pages 500 --chunk 16
+
+For each size a PDF is generated with reportlab (one line of text per page, US letter), then a subprocess opens a new
+Milvus Lite database, loads the tiny model (`model='tiny'`), and runs `ColPaliIndex.add(pdf)`. It reports the
+process's resident memory after loading (baseline), its peak during the run (`ru_maxrss`, which includes Milvus Lite:
+it runs inside the process) and at the end, the wall time and pages/s (poppler's short-lived children are not counted). A bounded job has the
+same peak for 100 and 500 pages; the tiny model makes the encoder cheap, so this measures the pipeline around it.
+"""
+from __future__ import annotations
+import argparse, json, os, resource, subprocess, sys, tempfile, textwrap, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = textwrap.dedent('''
+    import json, resource, sys, time, warnings
+    warnings.simplefilter('ignore')
+    from colpali_milvus.index import ColPaliIndex
+    pdf, db, pages, chunk = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    def rss_mb():
+        with open('/proc/self/status') as f:
+            return next(int(l.split()[1]) for l in f if l.startswith('VmRSS')) / 1024
+    idx = ColPaliIndex(db, model='tiny', pages_dir=pages)
+    idx.encoder; idx._ensure_collection()
+    base = rss_mb()
+    t0 = time.perf_counter()
+    rep = idx.add(pdf, chunk=chunk, progress=False)
+    dt = time.perf_counter() - t0
+    assert len(rep) == len(idx), (len(rep), len(idx))
+    print(json.dumps({'pages': len(rep), 'seconds': round(dt, 1), 'pages_per_s': round(len(rep) / dt, 1),
+                      'baseline_rss_mb': round(base), 'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                      'end_rss_mb': round(rss_mb())}))
+''')
+
+
+def make_pdf(path, n_pages:int):
+    "A US-letter PDF of `n_pages` pages, each with its own line of text."
+    from reportlab.pdfgen import canvas
+    c = canvas.Canvas(str(path), invariant=1)
+    for i in range(1, n_pages + 1):
+        c.setFont('Helvetica', 14); c.drawString(72, 700, f'Page {i}: ' + 'late interaction retrieval ' * (i % 4 + 1))
+        c.showPage()
+    c.save()
+    return Path(path)
+
+
+def measure(n_pages:int, chunk:int)->dict:
+    with tempfile.TemporaryDirectory() as d:
+        pdf = make_pdf(Path(d) / f'long-{n_pages}.pdf', n_pages)
+        env = {**os.environ, 'PYTHONPATH': f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", 'HF_HUB_OFFLINE': '1',
+               'TOKENIZERS_PARALLELISM': 'false', 'COLPALI_MILVUS_CACHE': os.environ.get('COLPALI_MILVUS_CACHE', str(Path(d) / 'cache'))}
+        out = subprocess.run([sys.executable, '-c', CHILD, str(pdf), str(Path(d) / 'm.db'), str(Path(d) / 'pages'), str(chunk)],
+                             capture_output=True, text=True, env=env)
+        if out.returncode: sys.exit(f"indexing {n_pages} pages failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--pages', type=int, nargs='+', default=[100, 500])
+    p.add_argument('--chunk', type=int, default=16, help='pages rendered, encoded and committed per step')
+    a = p.parse_args()
+    for n in a.pages: print(json.dumps({'chunk': a.chunk, **measure(n, a.chunk)}), flush=True)
+
+
+if __name__ == '__main__': main()
