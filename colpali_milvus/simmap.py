@@ -16,7 +16,7 @@ from .widgets import result_card, _as_result, _caption_html, _check_side, _note_
 from .index import ColPaliIndex
 
 # %% auto #0
-__all__ = ['CMAP', 'SimilarityMapError', 'patch_grid', 'image_token_mask', 'query_tokens', 'PageMaps', 'page_maps',
+__all__ = ['ALL_TOKENS', 'CMAP', 'SimilarityMapError', 'patch_grid', 'image_token_mask', 'query_tokens', 'PageMaps', 'page_maps',
            'blend_heatmap', 'png_bytes', 'token_options', 'Explorer']
 
 # %% ../nbs/09_simmap.ipynb #24705358
@@ -93,6 +93,8 @@ def query_tokens(processor, # a colpali-engine processor
     return labels, is_text
 
 # %% ../nbs/09_simmap.ipynb #59185629
+ALL_TOKENS = -1 # token index meaning "every query vector": the MaxSim contribution map
+
 @dataclass
 class PageMaps:
     "Similarity maps of one query against one page, on the page's patch grid (rows = y, columns = x)."
@@ -104,9 +106,9 @@ class PageMaps:
     image_score: float  # part of `score` from tokens whose best match is an image patch
     grid: tuple         # (n_x, n_y)
 
-    def token_map(self, i:int|None=None)->np.ndarray:
-        "Map of query vector `i` scaled to [0, 1] (its own min..max); None: the contributions, scaled by their max."
-        if i is None: return self.contrib/self.contrib.max() if self.contrib.max() > 0 else np.zeros_like(self.contrib)
+    def token_map(self, i:int=-1)->np.ndarray:
+        "Map of query vector `i` scaled to [0, 1] (its own min..max); -1 (`ALL_TOKENS`): the contributions, scaled by their max."
+        if i is None or i == ALL_TOKENS: return self.contrib/self.contrib.max() if self.contrib.max() > 0 else np.zeros_like(self.contrib)
         m = self.maps[i]
         return (m - m.min())/(m.max() - m.min() + 1e-10)  # as colpali-engine's normalize_similarity_map
 
@@ -177,14 +179,14 @@ def png_bytes(image:Image.Image)->bytes:
     buf = io.BytesIO(); image.save(buf, format='PNG'); return buf.getvalue()
 
 # %% ../nbs/09_simmap.ipynb #821fcde0
-def _legend_html(pm:PageMaps, token:int|None)->str:
+def _legend_html(pm:PageMaps, token:int)->str:
     "Colour bar and one sentence on what the current map shows."
     stops = ', '.join(f'rgb({r},{g},{b_})' for r, g, b_ in _CMAP_STOPS.astype(int))
     bar = (f'<div style="display:flex;align-items:center;gap:6px;font-size:12px"><span>low</span>'
            f'<span style="display:inline-block;width:140px;height:10px;background:linear-gradient(to right, {stops})"></span>'
            f'<span>high</span></div>')
     nx, ny = pm.grid
-    if token is None:
+    if token == ALL_TOKENS:
         share = pm.image_score/pm.score if pm.score else 0.
         text = (f'All tokens: each patch holds the MaxSim contribution of the query tokens whose best match it is. '
                 f'Score {pm.score:.2f}; {pm.image_score:.2f} ({share:.0%}) of it from the {nx} × {ny} image patches, '
@@ -195,8 +197,8 @@ def _legend_html(pm:PageMaps, token:int|None)->str:
     return f'<div style="font-size:12px;line-height:1.35;white-space:normal;max-width:100%">{bar}{text}</div>'
 
 def token_options(pm:PageMaps)->list:
-    "Dropdown options: ('all tokens (MaxSim)', None), then (label, index) for each token of the query's text."
-    opts, counts = [('all tokens (MaxSim)', None)], {}
+    "Dropdown options: ('all tokens (MaxSim)', ALL_TOKENS), then (label, index) for each token of the query's text."
+    opts, counts = [('all tokens (MaxSim)', ALL_TOKENS)], {}
     for i, (lab, txt) in enumerate(zip(pm.labels, pm.is_text)):
         if not txt: continue
         counts[lab] = counts.get(lab, 0) + 1
@@ -242,7 +244,7 @@ class Explorer:
             align_items='center', flex_flow='row wrap', display='flex' if search_box else 'none'))
         self.grid = widgets.GridBox([], layout=widgets.Layout(grid_gap='8px', margin='0 16px 8px 0', align_self='flex-start'))
         self.caption, self.note, self.legend = widgets.HTML(), widgets.HTML(), widgets.HTML()
-        self.token = widgets.Dropdown(description='Token', options=[('all tokens (MaxSim)', None)],
+        self.token = widgets.Dropdown(description='Token', options=[('all tokens (MaxSim)', ALL_TOKENS)],
                                       layout=widgets.Layout(width='260px'))
         self.alpha = widgets.FloatSlider(value=0.6, min=0., max=1., step=0.05, description='Heatmap',
                                          readout_format='.0%', continuous_update=False, layout=widgets.Layout(width='260px'))
@@ -352,11 +354,11 @@ def select(self:Explorer, i:int # index of the result in rank order (negative co
     self.maps, note = self._page_maps(r)
     self.note.value = _note_html(note)
     keep = self.token.value
-    opts = token_options(self.maps) if self.maps else [('all tokens (MaxSim)', None)]
+    opts = token_options(self.maps) if self.maps else [('all tokens (MaxSim)', ALL_TOKENS)]
     self._hold = True  # one drawing, after both changes
     try:
         self.token.options = opts
-        self.token.value = keep if keep in [v for _, v in opts] else None
+        self.token.value = keep if keep in [v for _, v in opts] else ALL_TOKENS
     finally: self._hold = False
     self._render()
     return self
