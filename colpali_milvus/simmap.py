@@ -6,7 +6,6 @@
 from __future__ import annotations
 import html, inspect, io, math, threading
 from dataclasses import dataclass
-from pathlib import Path
 import numpy as np
 import ipywidgets as widgets
 from PIL import Image

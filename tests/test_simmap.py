@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from colpali_milvus.simmap import (ALL_TOKENS, CMAP, Explorer, PageMaps, SimilarityMapError, blend_heatmap, image_token_mask,
-                                   page_maps, patch_grid, png_bytes, query_tokens, token_options)
+                                   page_maps, patch_grid, query_tokens, token_options)
 
 QUERY = 'Where is ColBERT performance table?'
 
@@ -183,11 +183,12 @@ def test_explorer_page_without_image_shows_a_note(index, tmp_path):
     finally: moved.rename(r.image_path)
 
 def test_explorer_state_embeds_the_heatmap(index, tmp_path):
-    from ipywidgets.embed import embed_minimal_html
+    from ipywidgets.embed import embed_minimal_html, dependency_state
     ex = Explorer(index, QUERY, k=2, thumb_side=64, large_side=200, search_box=False)
     out = tmp_path/'ex.html'
-    embed_minimal_html(out, views=[ex.widget], title='explorer')
+    embed_minimal_html(out, views=[ex.widget], state=dependency_state(ex.widget), title='explorer')
     text = out.read_text()
+    assert out.stat().st_size < 400_000  # two thumbnails and one 200 px view
     assert base64.b64encode(ex.image.value).decode() in text
     assert 'all tokens (MaxSim)' in text and 'sample.pdf' in text
     assert ex.widget.children[0].layout.display == 'none'  # no search box
