@@ -7,6 +7,12 @@ PY=${PYTHON:-python3}
 
 need_apt=()
 command -v pdftoppm >/dev/null || need_apt+=(poppler-utils)
+# headless Chromium for tests/test_browser.py (the explorer as a browser shows it); where apt-get is missing the
+# test skips, so it is not asked for there
+if command -v apt-get >/dev/null; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing ${need_apt[*]} with apt-get"

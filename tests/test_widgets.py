@@ -138,10 +138,11 @@ def test_show_results_displays_and_returns_gallery(results, monkeypatch):
     shown.clear(); g._ipython_display_(); assert shown == [g.widget]
 
 def test_widget_state_embeds_png_bytes(results, tmp_path):
-    from ipywidgets.embed import embed_minimal_html
+    from ipywidgets.embed import embed_minimal_html, dependency_state
     g = ResultsGallery(results, thumb_side=64, large_side=200)
     out = tmp_path / 'gallery.html'
-    embed_minimal_html(out, views=[g.widget], title='gallery')
+    # the gallery's own state: without `state`, every live widget of the process (other tests') is embedded too
+    embed_minimal_html(out, views=[g.widget], state=dependency_state(g.widget), title='gallery')
     text = out.read_text()
     for r in results: assert base64.b64encode(thumbnail_png(r.image_path, 64)).decode() in text
     assert base64.b64encode(g.large_image.value).decode() in text
