@@ -177,8 +177,7 @@ def ours_encode(model_dir, images, dtype, batch_size):
     return enc, lambda: enc.encode_images(images, progress=False)
 
 def bench_encode(a):
-    import gc, numpy as np, torch
-    from PIL import Image
+    import gc, torch
     work = Path(tempfile.mkdtemp(prefix='ingest_enc_'))
     pdf = make_pdf(work/'p.pdf', a.pages)
     from pdf2image import convert_from_path

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_evaluate.ipynb #bbd66a9f
 from __future__ import annotations
-import math, numbers, os
+import math, numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import SearchResult
