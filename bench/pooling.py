@@ -6,10 +6,10 @@ Pages and queries come from bench/corpus.py (ColPali-shaped: 1030 unit-norm 128-
 6 play ColPali's prompt tokens). Every query is scored by exact MaxSim against every page, unpooled (the ground truth)
 and pooled at each (pool factor, keep_last); recall@10 = overlap of the pooled top-10 with the unpooled top-10.
 
-Pooling is `colpali_milvus.pooling.pool_vectors` (colpali-engine's HierarchicalTokenPooler). To pool 2000 pages at
+Pooling is `colpali_milvus.pooling.pool_tokens` (colpali-engine's HierarchicalTokenPooler). To pool 2000 pages at
 several factors without clustering each page once per factor, the bench builds each page's Ward linkage once (the very
 computation the pooler does) and cuts it at every factor; on the first --check-pages pages it checks that this gives
-exactly what `pool_vectors` returns, and it times `pool_vectors` itself (one thread) on those pages.
+exactly what `pool_tokens` returns, and it times `pool_tokens` itself (one thread) on those pages.
 Writes <out>/pooling.json and prints a markdown table.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE)); sys.path.insert(0, str(HERE.parent))
 from corpus import Corpus
-from colpali_milvus.pooling import pool_vectors
+from colpali_milvus.pooling import pool_tokens
 
 TOPK, BLOB_CENTROIDS = 10, 96
 T0 = time.time()
@@ -52,7 +52,7 @@ def main():
     ap.add_argument('--queries', type=int, default=100)
     ap.add_argument('--factors', default='2,3')
     ap.add_argument('--keep-last', default='6,0', help='prompt vectors left unpooled (6 = ColPali), comma-separated')
-    ap.add_argument('--check-pages', type=int, default=30, help='pages on which pool_vectors is timed and compared')
+    ap.add_argument('--check-pages', type=int, default=30, help='pages on which pool_tokens is timed and compared')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', default='bench_out')
     a = ap.parse_args()
@@ -76,8 +76,8 @@ def main():
             for f in factors:
                 t = time.perf_counter(); p = np.concatenate([cut(head, Z, f), tail]); t_cut[(f, kl)] += time.perf_counter() - t
                 if i < a.check_pages:
-                    t = time.perf_counter(); ref = pool_vectors(v, f, keep_last=kl); t_pool[(f, kl)].append(time.perf_counter() - t)
-                    if not np.array_equal(ref, p): raise AssertionError(f"page {i}, factor {f}, keep_last {kl}: bench cut != pool_vectors")
+                    t = time.perf_counter(); ref = pool_tokens(v, f, keep_last=kl); t_pool[(f, kl)].append(time.perf_counter() - t)
+                    if not np.array_equal(ref, p): raise AssertionError(f"page {i}, factor {f}, keep_last {kl}: bench cut != pool_tokens")
                 pooled[(f, kl)][:, i], nvec[(f, kl)][i] = scores(Q, p), len(p)
         if time.time() - last > 30: last = time.time(); log(f"{i+1}/{a.pages} pages")
     top_full = np.argsort(-full, axis=1, kind='stable')[:, :TOPK]
@@ -99,7 +99,7 @@ def main():
     (out/'pooling.json').write_text(json.dumps(res, indent=1))
     print(f"\n{a.pages} pages, {a.queries} queries; unpooled: 1030 vectors = {1030*256/1024:.1f} KB/page (float16), "
           f"exact top-1 = target in {res['unpooled']['top1_is_target']:.0%} of queries\n")
-    print("| pool factor | keep_last | vectors per page (mean, min-max) | KB per page (float16) | size vs unpooled | recall@10 vs unpooled exact | top-1 = target | pool_vectors ms/page (1 thread) |")
+    print("| pool factor | keep_last | vectors per page (mean, min-max) | KB per page (float16) | size vs unpooled | recall@10 vs unpooled exact | top-1 = target | pool_tokens ms/page (1 thread) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in res['pooled']:
         print(f"| {r['factor']} | {r['keep_last']} | {r['vectors_mean']:.1f} ({r['vectors_min']}-{r['vectors_max']}) | {r['kb_f16']:.1f} | "

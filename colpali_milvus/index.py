@@ -34,6 +34,20 @@ def check_collection_name(name:str # a collection name
     return name
 
 # %% ../nbs/07_index.ipynb #38e7e37d
+def _check_pool_factor(collection:str, # collection name (for messages)
+                       wanted, # the factor asked for (None: the collection's own)
+                       props:dict # the collection's properties ({} when it does not exist yet)
+                      )->int:
+    "The token pool factor to use: the one the collection was built with, or `wanted` for a new collection."
+    if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1):
+        raise ValueError(f"token_pool_factor must be a positive integer (1: no pooling, 2 or 3: fewer vectors), not {wanted!r}.")
+    built = int(props.get('colpali_milvus.token_pool_factor') or 1) if props else None
+    if built is not None and wanted is not None and wanted != built:
+        raise ModelMismatchError(f"Collection {collection!r} stores pages pooled with token_pool_factor={built}, not "
+                                 f"{wanted}: open it without token_pool_factor, or use another collection.")
+    return built or wanted or 1
+
+# %% ../nbs/07_index.ipynb #ec1e0535
 class ColPaliIndex:
     "A searchable index of PDF pages: rasterize, encode with a ColPali model, store in Milvus, rank by exact MaxSim."
     def __init__(self, uri:str='colpali.db', # Milvus Lite file, or a server address such as http://localhost:19530
@@ -45,6 +59,7 @@ class ColPaliIndex:
                  dtype=None, # None picks bf16/fp16 only where the hardware runs them fast, else float32
                  batch_size:int=4, # pages encoded per forward pass
                  encoder=None, # a ready `ColPaliEncoder` (skips loading a model)
+                 token_pool_factor:int|None=None, # merge similar page vectors (hierarchical pooling): 2 or 3 store 1/2 or 1/3; None: the collection's own (1: off)
                  **retriever_kwargs # passed to `MilvusColbertRetriever` (n_candidates, refresh_s, timeout, ...)
                 ):
         self.uri, self.collection = str(uri), check_collection_name(collection)
@@ -55,12 +70,14 @@ class ColPaliIndex:
         self.client = open_client(self.uri, token)
         try:
             self.retriever = MilvusColbertRetriever(self.client, collection, **retriever_kwargs)
-            built = self.retriever.properties().get('colpali_milvus.model') if self.retriever.exists() else None
+            props = self.retriever.properties() if self.retriever.exists() else {}
+            built = props.get('colpali_milvus.model')
             if built and model and str(model) != built:
                 raise ModelMismatchError(
                     f"Collection {collection!r} was built with model {built!r}, not {model!r}: vectors of different "
                     "models cannot be compared. Open it without `model` (its own model is used), or use another collection.")
             self.model = str(model or built or DEFAULT_MODEL)
+            self.token_pool_factor = _check_pool_factor(collection, token_pool_factor, props)
             self._encoder = None
             if encoder is not None: self._check_dim(encoder.dim); self._encoder = encoder
         except BaseException:
@@ -112,7 +129,8 @@ def encoder(self:ColPaliIndex):
 def _ensure_collection(self:ColPaliIndex):
     if self.retriever.exists(): return
     self.retriever.dim = self.encoder.dim
-    self.retriever.create_collection({'colpali_milvus.model': self.model, 'colpali_milvus.dim': self.encoder.dim})
+    self.retriever.create_collection({'colpali_milvus.model': self.model, 'colpali_milvus.dim': self.encoder.dim,
+                                      'colpali_milvus.token_pool_factor': self.token_pool_factor})
 
 @patch
 def _require_collection(self:ColPaliIndex):
@@ -188,11 +206,22 @@ def _relabel(self:ColPaliIndex, rows:list, metadata:dict):
                                   for r in part])
 
 @patch
+def _pooled(self:ColPaliIndex, vecs:list, part:list)->list:
+    "Pages' vectors pooled by `token_pool_factor` (unchanged when it is 1); vectors after the last image patch are kept."
+    if self.token_pool_factor == 1: return vecs
+    from colpali_milvus.pooling import pool_tokens
+    out = []
+    for v, r in zip(vecs, part):
+        tail = len(v) - 1 - int(self.encoder.patch_grid(r.image_path).positions.max())   # ColPali: its 6 prompt tokens
+        out.append(pool_tokens(v, self.token_pool_factor, keep_last=max(tail, 0)))
+    return out
+
+@patch
 def _add_file(self:ColPaliIndex, src, todo:list, metadata, password, chunk:int, bar)->list[PageRecord]:
     "Render, encode and commit pages `todo` of `src`, `chunk` pages at a time."
     done = []
     for part in render_pages(src, todo, self.pages_dir, password=password, chunk=chunk):
-        vecs = self.encoder.encode_images([r.image_path for r in part], progress=False)
+        vecs = self._pooled(self.encoder.encode_images([r.image_path for r in part], progress=False), part)
         self.retriever.add_pages([page_id_for(r.source, r.page) for r in part], vecs,
                                  [dict(source=r.source, page=r.page, image_path=r.image_path, sha256=r.sha256,
                                        metadata=metadata or {}) for r in part])

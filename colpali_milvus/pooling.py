@@ -10,7 +10,7 @@ import numpy as np
 from .maxsim import as_matrix
 
 # %% auto #0
-__all__ = ['pool_vectors', 'pool_pages']
+__all__ = ['pool_tokens', 'pool_pages']
 
 # %% ../nbs/11_pooling.ipynb #f61e7a50
 def _pooler():
@@ -22,7 +22,7 @@ def _check_factor(pool_factor):
     if not isinstance(pool_factor, numbers.Integral) or isinstance(pool_factor, bool) or pool_factor < 1:
         raise ValueError(f"pool_factor must be a positive integer (1: no pooling, 2: about half the vectors, ...), not {pool_factor!r}.")
 
-def pool_vectors(vectors, # one page's vectors, (n, dim) numpy array or torch tensor, unit norm
+def pool_tokens(vectors, # one page's vectors, (n, dim) numpy array or torch tensor, unit norm
                  pool_factor:int=3, # keep at most (n - keep_last) // pool_factor pooled vectors; 1: no pooling
                  keep_last:int=0 # leave the last `keep_last` vectors (ColPali's prompt tokens) unpooled
                 )->np.ndarray:
@@ -39,14 +39,14 @@ def pool_vectors(vectors, # one page's vectors, (n, dim) numpy array or torch te
 
 # %% ../nbs/11_pooling.ipynb #a028d1d3
 def pool_pages(pages, # list of per-page vector arrays (n_i, dim)
-               pool_factor:int=3, # see `pool_vectors`
-               keep_last:int=0, # see `pool_vectors`
+               pool_factor:int=3, # see `pool_tokens`
+               keep_last:int=0, # see `pool_tokens`
                num_workers:int|None=None # threads; None: one per CPU, at most 8
               )->list:
-    "`pool_vectors` of every page, in order."
+    "`pool_tokens` of every page, in order."
     import os
     _check_factor(pool_factor)
     pages = list(pages)
     n = num_workers or min(8, os.cpu_count() or 1)
-    if n <= 1 or len(pages) <= 1: return [pool_vectors(p, pool_factor, keep_last) for p in pages]
-    with ThreadPoolExecutor(n) as ex: return list(ex.map(lambda p: pool_vectors(p, pool_factor, keep_last), pages))
+    if n <= 1 or len(pages) <= 1: return [pool_tokens(p, pool_factor, keep_last) for p in pages]
+    with ThreadPoolExecutor(n) as ex: return list(ex.map(lambda p: pool_tokens(p, pool_factor, keep_last), pages))

@@ -126,20 +126,27 @@ def page_maps(processor, # a colpali-engine processor
               page_vecs:np.ndarray, # (n_vectors, dim) every stored vector of the page
               image, # the page as a PIL image (for the patch layout)
               model=None, # the model (for its patch or merge size)
-              labels=None # (labels, is_text) of the query vectors; None: numbered tokens
+              labels=None, # (labels, is_text) of the query vectors; None: numbered tokens
+              grid=None # the encoder's `patch_grid(image)` (vector of each patch); None: worked out from the processor
              )->PageMaps:
     "Similarity maps and MaxSim contributions of a query's vectors over a page's patch grid."
     q, d = np.asarray(query_vecs, np.float32), np.asarray(page_vecs, np.float32)
-    mask = image_token_mask(processor, image)
-    if len(mask) != len(d):
-        raise SimilarityMapError(f"the page has {len(d)} stored vectors, but its image makes {len(mask)} with this "
-                                 "processor: the image changed since it was indexed, or another model built the index. "
-                                 "Re-index the page (index.add) to draw its map.")
-    nx, ny = patch_grid(processor, image.size, model)
-    if mask.sum() != nx*ny:
-        raise SimilarityMapError(f"{int(mask.sum())} image vectors do not fill the {nx} x {ny} patch grid that "
-                                 f"{type(processor).__name__}.get_n_patches gives for a {image.size[0]} x {image.size[1]} image.")
-    maps = _grid_maps(processor, q, d, mask, nx, ny)
+    n_made = grid.n_vectors if grid is not None else None
+    mask = None if grid is not None else image_token_mask(processor, image)
+    if (n_made if grid is not None else len(mask)) != len(d):
+        raise SimilarityMapError(f"the page has {len(d)} stored vectors, but its image makes "
+                                 f"{n_made if grid is not None else len(mask)} with this processor: the image changed "
+                                 "since it was indexed, or another model built the index. Re-index the page (index.add) to draw its map.")
+    if grid is not None:   # the encoder knows where each patch's vector is (ColSmol's tiles included)
+        ny, nx, pos = grid.n_rows, grid.n_cols, np.asarray(grid.positions).reshape(-1)
+        mask = np.zeros(len(d), bool); mask[pos] = True
+        maps = (q @ d[pos].T).reshape(len(q), ny, nx)
+    else:
+        nx, ny = patch_grid(processor, image.size, model)
+        if mask.sum() != nx*ny:
+            raise SimilarityMapError(f"{int(mask.sum())} image vectors do not fill the {nx} x {ny} patch grid that "
+                                     f"{type(processor).__name__}.get_n_patches gives for a {image.size[0]} x {image.size[1]} image.")
+        maps = _grid_maps(processor, q, d, mask, nx, ny)
     sims = q @ d.T
     best = sims.max(axis=1)
     contrib = np.zeros((ny, nx), np.float32)
@@ -371,8 +378,12 @@ def _page_maps(self:Explorer, r:SearchResult)->tuple:
         if r.page_id not in rows: raise SimilarityMapError(f'page {r.page_id} is no longer in the index.')
         vecs = self.index.retriever.page_vectors(rows)[r.page_id]
         from colpali_milvus.encode import load_image
-        enc = self.index.encoder
-        out = page_maps(enc.processor, self.query_vecs, vecs, load_image(r.image_path), enc.model, self.labels), ''
+        enc, img, note = self.index.encoder, load_image(r.image_path), ''
+        grid = enc.patch_grid(img) if hasattr(enc, 'patch_grid') else None
+        if grid is not None and len(vecs) != grid.n_vectors and rows[r.page_id].get('n_vectors') == len(vecs) \
+           and self.index.token_pool_factor > 1:   # the index keeps pooled vectors: map a fresh encoding of the page
+            vecs, note = enc.encode_images([img], progress=False)[0], 'map from the page encoded again (the index stores pooled vectors)'
+        out = page_maps(enc.processor, self.query_vecs, vecs, img, enc.model, self.labels, grid), note
     except (SimilarityMapError, OSError, ValueError) as e:
         out = None, f'no similarity map: {e}'
     self._maps[r.page_id] = out

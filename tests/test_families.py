@@ -164,6 +164,26 @@ def test_index_and_search(fam_enc, tmp_path, short_pdf):
         np.testing.assert_allclose([r.score for r in res], best, rtol=1e-3)
 
 
+
+def test_similarity_maps_in_the_explorer(fam_enc, tmp_path, short_pdf):
+    "The explorer draws each family's map on the encoder's patch grid, from the stored vectors, and the sums hold."
+    from colpali_milvus.simmap import Explorer
+    fam, enc = fam_enc
+    with ColPaliIndex(uri=tmp_path / "m.db", encoder=enc, pages_dir=tmp_path / "pages") as index:
+        index.add(short_pdf, progress=False)
+        ex = Explorer(index, "Where is the ColBERT performance table?", k=2, background=False)
+        ex.select(0)
+        r, pm = ex.results[0], ex.maps
+        g = enc.patch_grid(r.image_path)
+        assert pm is not None and pm.grid == (g.n_cols, g.n_rows) and pm.maps.shape[1:] == (g.n_rows, g.n_cols)
+        qv = enc.encode_queries("Where is the ColBERT performance table?")[0]
+        pv = index.retriever.page_vectors(index.retriever.page_rows([r.page_id]))[r.page_id]
+        np.testing.assert_allclose(pm.maps[0], (qv[0] @ pv[g.positions.ravel()].T).reshape(g.n_rows, g.n_cols), atol=1e-5)
+        np.testing.assert_allclose(pm.score, r.score, rtol=1e-3)
+        np.testing.assert_allclose(pm.contrib.sum(), pm.image_score, rtol=1e-4, atol=1e-4)
+        assert len(ex.image.value) > 0   # the blended heatmap was drawn (PNG bytes in the widget)
+
+
 # ---------------------------------------------------------------- the patch grid
 
 def test_patch_grid_positions(fam_enc):
