@@ -443,22 +443,21 @@ def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned 
 # %% ../nbs/05_retriever.ipynb #316efd73
 class Engine:
     "In-process search state: page vectors of every complete page, and their centroids in one matrix."
-    chunk = 1024   # pages per matrix product in the candidate stage (keeps the products' output in cache)
+    chunk = 256    # pages per matrix product in the candidate stage (keeps the products' output in cache)
     def __init__(self, dim:int, pool:int, f32_budget:int=2<<30, cand_dtype:str='auto'):
         self.dim, self.pool, self.f32_budget, self.dtype, self.vector_bytes = dim, pool, f32_budget, np.float32, 0
         self.cand_dtype = candidate_dtype(cand_dtype)
         self.rows, self.full, self.slot = {}, {}, {}     # page id -> page row / vectors / slot in `cent`
         self.slot_ids = np.zeros(0, np.int64)            # slot -> page id (-1: free)
         self.free = []                                   # free slots, lowest last
-        self.cent = self._alloc(0)                       # (slots * pool, dim) centroids, slot by slot
+        self.cent = self._alloc(0)                       # (slots * pool, dim) torch tensor of centroids, slot by slot
+        self.hi = 0                                      # slots at or past `hi` are all free (not scored)
         self._flat = None                                # (ids, all vectors (rows, dim) float32, row offsets)
         self.checked = self.full_checked = 0.0
 
     def _alloc(self, n_slots:int):
-        if self.cand_dtype == 'bfloat16':
-            import torch
-            return torch.zeros((n_slots * self.pool, self.dim), dtype=torch.bfloat16)
-        return np.zeros((n_slots * self.pool, self.dim), np.float32)
+        import torch
+        return torch.zeros((n_slots * self.pool, self.dim), dtype=getattr(torch, self.cand_dtype))
 
     def _take_slot(self)->int:
         if not self.free:   # grow by half (at least 16 slots), copying once
@@ -466,7 +465,9 @@ class Engine:
             new = self._alloc(n + grow); new[:len(self.cent)] = self.cent; self.cent = new
             self.slot_ids = np.concatenate([self.slot_ids, np.full(grow, -1, np.int64)])
             self.free = list(range(n + grow - 1, n - 1, -1))
-        return self.free.pop()
+        s = self.free.pop()
+        self.hi = max(self.hi, s + 1)
+        return s
 
     def centroids(self, pooled:np.ndarray)->np.ndarray:
         "Exactly `pool` centroid rows for a page: fewer are padded by repeating the first (a max ignores repeats), more are pooled again."
@@ -481,10 +482,8 @@ class Engine:
         c = self.centroids(pooled)
         self.drop(pid)
         s = self._take_slot()
-        if isinstance(self.cent, np.ndarray): self.cent[s*self.pool:(s+1)*self.pool] = c
-        else:
-            import torch
-            self.cent[s*self.pool:(s+1)*self.pool] = torch.from_numpy(c)
+        import torch
+        self.cent[s*self.pool:(s+1)*self.pool] = torch.from_numpy(c)
         self.slot_ids[s], self.slot[pid] = pid, s
         self.rows[pid], self.full[pid] = row, np.asarray(full, self.dtype)
         self.vector_bytes += self.full[pid].nbytes
@@ -500,26 +499,32 @@ class Engine:
         if old is not None: self.vector_bytes -= old.nbytes
         self.rows.pop(pid, None)
         s = self.slot.pop(pid, None)
-        if s is not None: self.slot_ids[s] = -1; self.free.append(s)
+        if s is not None:
+            self.slot_ids[s] = -1; self.free.append(s)
+            while self.hi and self.slot_ids[self.hi - 1] < 0: self.hi -= 1
         self._flat = None
 
     def centroid_scores(self, q:np.ndarray # query vectors (q, dim), float32
                        )->np.ndarray:
-        "MaxSim of `q` against every slot's centroids: one score per slot, -inf for free slots."
-        n, m = len(self.slot_ids), self.pool
-        out = np.empty(n, np.float32)
-        if isinstance(self.cent, np.ndarray):
-            for s in range(0, n, self.chunk):
-                e = min(s + self.chunk, n)
-                out[s:e] = (q @ self.cent[s*m:e*m].T).reshape(len(q), e - s, m).max(2).sum(0)
-        else:
-            import torch
-            tq, res = torch.from_numpy(q).bfloat16(), torch.from_numpy(out)
-            for s in range(0, n, self.chunk):
-                e = min(s + self.chunk, n)
-                res[s:e] = (tq @ self.cent[s*m:e*m].T).view(len(q), e - s, m).amax(2).float().sum(0)
-        out[self.slot_ids < 0] = -np.inf
+        "MaxSim of `q` against every slot's centroids: one score per slot below `hi`, -inf for free slots."
+        import torch
+        n, m = self.hi, self.pool
+        out = torch.empty(n)
+        tq = torch.from_numpy(q).to(self.cent.dtype)
+        for s in range(0, n, self.chunk):   # products of `chunk` pages stay in cache; maxima in float32 (bf16's are slow)
+            e = min(s + self.chunk, n)
+            out[s:e] = (tq @ self.cent[s*m:e*m].T).float().view(len(q), e - s, m).amax(2).sum(0)
+        out = out.numpy()
+        out[self.slot_ids[:n] < 0] = -np.inf
         return out
+
+    def exact_scores(self, q:np.ndarray, # query vectors (q, dim), float32
+                     ids:list # page ids
+                    )->np.ndarray:
+        "Exact MaxSim of `q` against every vector of each page in `ids`, in float32 (torch: no switching thread pools)."
+        import torch
+        tq = torch.from_numpy(q)
+        return np.array([float((tq @ torch.from_numpy(self.full[i]).float().T).amax(1).sum()) for i in ids], np.float32)
 
     def flat(self):
         "Page ids, every vector of every page in one float32 matrix, and each page's first row (for exhaustive scoring)."
@@ -538,8 +543,7 @@ class Engine:
     @property
     def nbytes(self)->int:
         "Bytes of page vectors and centroids held."
-        return self.vector_bytes + self.cent.nbytes if isinstance(self.cent, np.ndarray) else \
-               self.vector_bytes + self.cent.element_size() * self.cent.nelement()
+        return self.vector_bytes + self.cent.element_size() * self.cent.nelement()
 
 # %% ../nbs/05_retriever.ipynb #565788e4
 @patch
@@ -585,7 +589,7 @@ def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q
     e = self.engine()
     if len(e.rows) <= self.n_candidates: return np.fromiter(e.rows, np.int64, len(e.rows))
     approx = e.centroid_scores(as_matrix(query, self.dim, what='query vectors'))
-    if allowed is not None: approx[~np.isin(e.slot_ids, np.asarray(list(allowed), np.int64))] = -np.inf
+    if allowed is not None: approx[~np.isin(e.slot_ids[:len(approx)], np.asarray(list(allowed), np.int64))] = -np.inf
     best = rank(approx, self.n_candidates)
     return e.slot_ids[best[np.isfinite(approx[best])]]
 
@@ -607,7 +611,7 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
         if len(ids) > self.n_candidates and sum(len(e.full[i]) for i in ids) > self.exhaustive_rows:
             ids = [int(i) for i in self.candidates(q, allowed=ids)]   # many pages: the candidate stage, among them
     if not ids: return []
-    scores = maxsim(q, [_as_f32(e.full[i]) for i in ids])
+    scores = e.exact_scores(q, ids)
     return [(float(scores[j]), dict(e.rows[ids[j]])) for j in rank(scores, k)]
 
 @patch
