@@ -2,6 +2,7 @@
 
     python bench/stream_memory.py                 # 100- and 500-page PDFs
     python bench/stream_memory.py --pages 500 --chunk 16
+    python bench/stream_memory.py --server        # Milvus in its own process (a `milvus-lite server`)
 
 For each size a PDF is generated with reportlab (one line of text per page, US letter), then a subprocess opens a new
 Milvus Lite database, loads the tiny model (`model='tiny'`), and runs `ColPaliIndex.add(pdf)`. It reports the
@@ -47,23 +48,33 @@ def make_pdf(path, n_pages:int):
     return Path(path)
 
 
-def measure(n_pages:int, chunk:int)->dict:
+def measure(n_pages:int, chunk:int, server:bool=False)->dict:
     with tempfile.TemporaryDirectory() as d:
         pdf = make_pdf(Path(d) / f'long-{n_pages}.pdf', n_pages)
+        srv, db = None, str(Path(d) / 'm.db')
+        if server:   # Milvus in its own process: the child's memory is then the indexing pipeline's alone
+            sys.path.insert(0, str(ROOT / 'tests'))
+            from milvus_servers import start_lite_server
+            srv = start_lite_server(Path(d) / 'server'); db = srv.uri
         env = {**os.environ, 'PYTHONPATH': f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", 'HF_HUB_OFFLINE': '1',
                'TOKENIZERS_PARALLELISM': 'false', 'COLPALI_MILVUS_CACHE': os.environ.get('COLPALI_MILVUS_CACHE', str(Path(d) / 'cache'))}
-        out = subprocess.run([sys.executable, '-c', CHILD, str(pdf), str(Path(d) / 'm.db'), str(Path(d) / 'pages'), str(chunk)],
-                             capture_output=True, text=True, env=env)
+        try:
+            out = subprocess.run([sys.executable, '-c', CHILD, str(pdf), db, str(Path(d) / 'pages'), str(chunk)],
+                                 capture_output=True, text=True, env=env)
+        finally:
+            if srv is not None: srv.stop()
         if out.returncode: sys.exit(f"indexing {n_pages} pages failed:\n{out.stderr[-3000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return {'milvus': 'milvus-lite server (own process)' if server else 'Milvus Lite in-process',
+                **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--pages', type=int, nargs='+', default=[100, 500])
     p.add_argument('--chunk', type=int, default=16, help='pages rendered, encoded and committed per step')
+    p.add_argument('--server', action='store_true', help='index into a `milvus-lite server` on 127.0.0.1 (its own process)')
     a = p.parse_args()
-    for n in a.pages: print(json.dumps({'chunk': a.chunk, **measure(n, a.chunk)}), flush=True)
+    for n in a.pages: print(json.dumps({'chunk': a.chunk, **measure(n, a.chunk, a.server)}), flush=True)
 
 
 if __name__ == '__main__': main()

@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ['ColPaliMilvusError', 'PDFError', 'PopplerMissingError', 'ModelUnavailableError', 'DimensionMismatchError',
            'CollectionNotFoundError', 'DatabaseLockedError', 'MilvusUnavailableError', 'ModelMismatchError',
            'SourceNotFoundError', 'file_sha256', 'PageRecord', 'SearchResult', 'DocumentResult', 'AddReport',
-           'data_path']
+           'data_path', 'cpu_has_fast_bf16']
 
 # %% ../nbs/00_core.ipynb #879ec843
 class ColPaliMilvusError(Exception):
@@ -121,3 +121,17 @@ def data_path(name:str='' # file name inside the package's data folder
     "Path of a file bundled in `colpali_milvus/data`."
     import importlib.resources
     return Path(str(importlib.resources.files('colpali_milvus')))/'data'/name
+
+# %% ../nbs/00_core.ipynb #dad3b814
+def _cpu_flags(cpuinfo='/proc/cpuinfo')->set:
+    "The CPU feature flags listed in `cpuinfo` (empty if unreadable)."
+    try:
+        for line in Path(cpuinfo).read_text(errors='ignore').splitlines():
+            if line.startswith(('flags', 'Features')): return set(line.partition(':')[2].split())
+    except OSError: pass
+    return set()
+
+def cpu_has_fast_bf16(cpuinfo='/proc/cpuinfo' # the file to read CPU flags from (Linux)
+                     )->bool:
+    "True only if the CPU advertises native bfloat16 instructions (`amx_bf16` or `avx512_bf16`); False when unknown."
+    return bool(_cpu_flags(cpuinfo) & {'amx_bf16', 'avx512_bf16'})

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import *
+from .core import _cpu_flags
 from .tiny import is_tiny_random, tiny_model_path, TINY_ALIASES
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'FAMILIES', 'UnsupportedModelError', 'EncoderOptionError', 'pick_device', 'cpu_has_fast_bf16',
-           'pick_dtype', 'hub_reachable', 'resolve_model', 'Family', 'config_model_type', 'check_supported', 'to_rgb',
-           'load_image', 'TinyModelWarning', 'ColPaliEncoder', 'PatchGrid', 'vectors_per_page', 'patch_grid']
+__all__ = ['DEFAULT_MODEL', 'FAMILIES', 'UnsupportedModelError', 'EncoderOptionError', 'pick_device', 'pick_dtype',
+           'hub_reachable', 'resolve_model', 'Family', 'config_model_type', 'check_supported', 'to_rgb', 'load_image',
+           'TinyModelWarning', 'ColPaliEncoder', 'PatchGrid', 'vectors_per_page', 'patch_grid']
 
 # %% ../nbs/02_encode.ipynb #0fd42673
 DEFAULT_MODEL = "vidore/colpali-v1.2" # LoRA adapter on vidore/colpaligemma-3b-pt-448-base (about 6 GB in all)
@@ -50,20 +51,6 @@ def pick_device(device:str|None=None # None/'auto', 'cpu', 'cuda', 'cuda:N' or '
             raise EncoderOptionError(f"device {device!r} was asked for, but Apple MPS is not available here. Use 'cpu' or 'auto'.")
         return 'mps'
     raise EncoderOptionError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
-
-# %% ../nbs/02_encode.ipynb #273545ec
-def _cpu_flags(cpuinfo='/proc/cpuinfo')->set:
-    "The CPU feature flags listed in `cpuinfo` (empty if unreadable)."
-    try:
-        for line in Path(cpuinfo).read_text(errors='ignore').splitlines():
-            if line.startswith(('flags', 'Features')): return set(line.partition(':')[2].split())
-    except OSError: pass
-    return set()
-
-def cpu_has_fast_bf16(cpuinfo='/proc/cpuinfo' # the file to read CPU flags from (Linux)
-                     )->bool:
-    "True only if the CPU advertises native bfloat16 instructions (`amx_bf16` or `avx512_bf16`); False when unknown."
-    return bool(_cpu_flags(cpuinfo) & {'amx_bf16', 'avx512_bf16'})
 
 # %% ../nbs/02_encode.ipynb #848058ca
 _DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'float': torch.float32,

@@ -16,7 +16,7 @@ from .maxsim import as_matrix, maxsim, rank
 # %% auto #0
 __all__ = ['MAX_PAGE_ID', 'VECTORS_SUFFIX', 'BLOB_CHARS', 'MAX_CHUNKS', 'META_FIELDS', 'is_local_uri', 'open_client',
            'close_client', 'blob_pk', 'n_chunks', 'to_blob', 'from_blob', 'pool_vectors', 'candidate_dtype',
-           'MilvusColbertRetriever', 'Engine']
+           'bf16_bits', 'MilvusColbertRetriever', 'Engine']
 
 # %% ../nbs/05_retriever.ipynb #17d58c52
 def is_local_uri(uri:str)->bool:
@@ -165,8 +165,12 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
     if dtype not in ('auto', 'float32', 'bfloat16'):
         raise ValueError(f"candidate dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}.")
     if dtype != 'auto': return dtype
-    from colpali_milvus.encode import cpu_has_fast_bf16
     return 'bfloat16' if cpu_has_fast_bf16() else 'float32'
+
+def bf16_bits(a:np.ndarray)->np.ndarray:
+    "float32 values as bfloat16 bit patterns (uint16), rounded to nearest even: torch reads them without a copy."
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
 
 def _as_f32(a:np.ndarray)->np.ndarray:
     "`a` as float32; float16 goes through torch, whose conversion is ~10x faster than numpy's here."
@@ -450,14 +454,14 @@ class Engine:
         self.rows, self.full, self.slot = {}, {}, {}     # page id -> page row / vectors / slot in `cent`
         self.slot_ids = np.zeros(0, np.int64)            # slot -> page id (-1: free)
         self.free = []                                   # free slots, lowest last
-        self.cent = self._alloc(0)                       # (slots * pool, dim) torch tensor of centroids, slot by slot
+        self.cent = self._alloc(0)                       # (slots * pool, dim) centroids, slot by slot
         self.hi = 0                                      # slots at or past `hi` are all free (not scored)
         self._flat = None                                # (ids, all vectors (rows, dim) float32, row offsets)
         self.checked = self.full_checked = 0.0
 
-    def _alloc(self, n_slots:int):
-        import torch
-        return torch.zeros((n_slots * self.pool, self.dim), dtype=getattr(torch, self.cand_dtype))
+    def _alloc(self, n_slots:int)->np.ndarray:
+        # numpy (bfloat16 as uint16 bit patterns): torch is imported only once a candidate stage runs
+        return np.zeros((n_slots * self.pool, self.dim), np.uint16 if self.cand_dtype == 'bfloat16' else np.float32)
 
     def _take_slot(self)->int:
         if not self.free:   # grow by half (at least 16 slots), copying once
@@ -482,8 +486,7 @@ class Engine:
         c = self.centroids(pooled)
         self.drop(pid)
         s = self._take_slot()
-        import torch
-        self.cent[s*self.pool:(s+1)*self.pool] = torch.from_numpy(c)
+        self.cent[s*self.pool:(s+1)*self.pool] = bf16_bits(c) if self.cand_dtype == 'bfloat16' else c
         self.slot_ids[s], self.slot[pid] = pid, s
         self.rows[pid], self.full[pid] = row, np.asarray(full, self.dtype)
         self.vector_bytes += self.full[pid].nbytes
@@ -509,11 +512,12 @@ class Engine:
         "MaxSim of `q` against every slot's centroids: one score per slot below `hi`, -inf for free slots."
         import torch
         n, m = self.hi, self.pool
-        out = torch.empty(n)
-        tq = torch.from_numpy(q).to(self.cent.dtype)
+        out, cent = torch.empty(n), torch.from_numpy(self.cent)
+        if self.cand_dtype == 'bfloat16': cent = cent.view(torch.bfloat16)
+        tq = torch.from_numpy(q).to(cent.dtype)
         for s in range(0, n, self.chunk):   # products of `chunk` pages stay in cache; maxima in float32 (bf16's are slow)
             e = min(s + self.chunk, n)
-            out[s:e] = (tq @ self.cent[s*m:e*m].T).float().view(len(q), e - s, m).amax(2).sum(0)
+            out[s:e] = (tq @ cent[s*m:e*m].T).float().view(len(q), e - s, m).amax(2).sum(0)
         out = out.numpy()
         out[self.slot_ids[:n] < 0] = -np.inf
         return out
@@ -543,7 +547,7 @@ class Engine:
     @property
     def nbytes(self)->int:
         "Bytes of page vectors and centroids held."
-        return self.vector_bytes + self.cent.element_size() * self.cent.nelement()
+        return self.vector_bytes + self.cent.nbytes
 
 # %% ../nbs/05_retriever.ipynb #565788e4
 @patch
