@@ -213,8 +213,36 @@ def _check_args(max_size, dpi=None, thread_count=None):
         raise ValueError(f'thread_count must be a positive int or None, not {thread_count!r}.')
 
 # %% ../nbs/01_rasterize.ipynb #3804897e
-def _render_pdf(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None, password=None):
-    "Render `pages` of the PDF at `path` into `folder` as `page-NNNN.png`."
+class _PdfiumFailed(Exception): "PDFium could not open or draw a page (poppler gets its turn)."
+
+def _pdfium_page(doc, i:int, max_size, dpi)->Image.Image:
+    "Page `i` (1-based) of the open PDFium document drawn as a PIL image."
+    try:
+        page = doc[i - 1]
+        try:
+            w, h = page.get_size()
+            return page.render(scale=dpi/72 if dpi else max_size/max(w, h)).to_pil()
+        finally: page.close()
+    except Exception as e: raise _PdfiumFailed(f'page {i}: {e}') from e
+
+def _render_pdfium(path:Path, folder:Path, pages:list[int], max_size=1024, dpi=None, threads:int=2, password=None):
+    "Render `pages` of the PDF with PDFium (one thread; PNGs are encoded by `threads` others while it draws)."
+    try:
+        import pypdfium2 as pdfium
+        doc = pdfium.PdfDocument(str(path), password=password)
+    except Exception as e: raise _PdfiumFailed(str(e)) from e
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            saving = []
+            for i in pages:
+                im = _pdfium_page(doc, i, max_size, dpi)
+                saving.append(pool.submit(_save_png, im, folder/_page_name(i)))
+                if len(saving) > 4*threads: saving.pop(0).result()   # a few pages in memory at a time
+            for f in saving: f.result()
+    finally: doc.close()
+
+def _render_poppler(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None, password=None):
+    "Render `pages` of the PDF with poppler's `pdftoppm`, `thread_count` processes at a time."
     tc = thread_count or min(4, os.cpu_count() or 1)
     pts = [float(x) for x in re.findall(r'[\d.]+', info.get('Page size', ''))[:2]] or [842.0]
     side = round(max(pts)/72*dpi) if dpi else max_size
@@ -231,6 +259,12 @@ def _render_pdf(path:Path, folder:Path, pages:list[int], info:dict, max_size=102
             for s in saving: s.result()  # at most two chunks in memory
             saving = [pool.submit(_save_png, im, folder/_page_name(first+i)) for i, im in enumerate(ims)]
         for s in saving: s.result()
+
+def _render_pdf(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None, password=None):
+    "Render `pages` of the PDF at `path` into `folder` as `page-NNNN.png`: PDFium, else poppler."
+    try: return _render_pdfium(path, folder, pages, max_size, dpi, thread_count or min(4, os.cpu_count() or 1), password)
+    except _PdfiumFailed: pass   # a PDF PDFium cannot open or draw (or no pypdfium2): poppler's turn, with its clear errors
+    _render_poppler(path, folder, pages, info, max_size, dpi, thread_count, password)
 
 # %% ../nbs/01_rasterize.ipynb #5691320f
 def rasterize_pdf(path, # a PDF file

@@ -354,3 +354,15 @@ def test_on_error_skip(sample_pdf, tmp_path):
     with warnings.catch_warnings(record=True):
         warnings.simplefilter('always')
         assert len(rasterize(inputs, tmp_path/'pages', on_error='skip', password='user-pw')) == 13
+
+
+def test_poppler_draws_what_pdfium_cannot(tmp_path, sample_pdf, monkeypatch):
+    "When PDFium fails on a PDF, poppler renders it: same pages, same sizes."
+    import colpali_milvus.rasterize as R
+    good = R.rasterize(sample_pdf, pages_dir=tmp_path / "pdfium")
+    import pypdfium2
+    def broken(*a, **k): raise pypdfium2.PdfiumError("Failed to load document (PDFium: Data format error).")
+    monkeypatch.setattr(pypdfium2, "PdfDocument", broken)
+    fallback = R.rasterize(sample_pdf, pages_dir=tmp_path / "poppler")
+    assert [(r.page, r.width, r.height) for r in fallback] == [(r.page, r.width, r.height) for r in good]
+    assert all(Path(r.image_path).exists() for r in fallback)
