@@ -11,7 +11,7 @@ it runs inside the process) and at the end, the wall time and pages/s (poppler's
 same peak for 100 and 500 pages; the tiny model makes the encoder cheap, so this measures the pipeline around it.
 """
 from __future__ import annotations
-import argparse, json, os, resource, subprocess, sys, tempfile, textwrap, time
+import argparse, json, os, subprocess, sys, tempfile, textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import *
-from .core import _cpu_flags
 from .tiny import is_tiny_random, tiny_model_path, TINY_ALIASES
 from typing import NamedTuple
 

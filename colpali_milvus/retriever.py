@@ -11,7 +11,7 @@ from fastcore.basics import patch
 from pymilvus import MilvusClient, DataType
 from pymilvus.exceptions import MilvusException
 from .core import *
-from .maxsim import as_matrix, maxsim, rank
+from .maxsim import as_matrix, rank
 
 # %% auto #0
 __all__ = ['MAX_PAGE_ID', 'VECTORS_SUFFIX', 'BLOB_CHARS', 'MAX_CHUNKS', 'META_FIELDS', 'is_local_uri', 'open_client',

@@ -33,3 +33,13 @@ def tiny_family_dir(tmp_path_factory):
         if family not in built: built[family] = Path(build_tiny(family, root / family))
         return built[family]
     return get
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_model_dir):
+    "A `ColPaliEncoder` on the tiny ColPali, on the CPU (loaded once per session; its randomness warning silenced)."
+    import warnings
+    from colpali_milvus.encode import ColPaliEncoder
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return ColPaliEncoder(str(tiny_model_dir), device="cpu")

@@ -222,7 +222,8 @@ def test_cpu_has_fast_bf16_reads_flags(tmp_path):
         f.write_text(f"processor\t: 0\nflags\t\t: fpu avx2 {flag}\n")
         assert cpu_has_fast_bf16(f) is True
     assert cpu_has_fast_bf16(tmp_path / "nope") is False
-    flags = E._cpu_flags()
+    from colpali_milvus.core import _cpu_flags
+    flags = _cpu_flags()
     assert cpu_has_fast_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
 
 

@@ -5,7 +5,7 @@ After every kill the database is reopened and checked: every page row has all it
 n_vectors + n_pooled vectors), every page the child had acknowledged is there, and running the same `add` again
 encodes only what is missing and ends with the same vectors a clean run gives.
 """
-import os, queue, shutil, signal, subprocess, sys, textwrap, threading, time, warnings
+import os, queue, signal, subprocess, sys, textwrap, threading, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -59,12 +59,6 @@ CHILD = textwrap.dedent('''
 ''').replace('CHUNK', str(CHUNK))
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_model_dir):
-    from colpali_milvus.encode import ColPaliEncoder
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return ColPaliEncoder(str(tiny_model_dir), device="cpu")
 
 
 def _env():

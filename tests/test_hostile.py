@@ -7,20 +7,13 @@ import os, warnings
 from pathlib import Path
 import numpy as np
 import pytest
-from colpali_milvus.core import (AddReport, DimensionMismatchError, ModelMismatchError, PDFError, SourceNotFoundError,
-                                 file_sha256)
-from colpali_milvus.index import ColPaliIndex, page_id_for
+from colpali_milvus.core import (AddReport, DimensionMismatchError, ModelMismatchError, PDFError, SourceNotFoundError)
+from colpali_milvus.index import ColPaliIndex
 from hostile import build_corpus
 
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_model_dir):
-    from colpali_milvus.encode import ColPaliEncoder
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return ColPaliEncoder(str(tiny_model_dir), device="cpu")
 
 
 def snapshot(root):

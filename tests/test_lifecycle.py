@@ -1,8 +1,6 @@
 """Index lifecycle: incremental add, no-op re-add, replace, remove, listing, metadata, filtered and document search,
 streaming in committed chunks with resume, and the progress bar."""
-import shutil, warnings
 from pathlib import Path
-import numpy as np
 import pytest
 from PIL import Image
 from colpali_milvus.core import DocumentResult, SourceNotFoundError
@@ -12,12 +10,6 @@ from hostile import make_pdf
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_model_dir):
-    from colpali_milvus.encode import ColPaliEncoder
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return ColPaliEncoder(str(tiny_model_dir), device="cpu")
 
 
 @pytest.fixture

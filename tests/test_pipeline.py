@@ -10,10 +10,6 @@ from colpali_milvus.maxsim import maxsim
 CLI = [str(Path(sys.executable).parent / "colpali-milvus")]  # the installed console script
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_model_dir):
-    from colpali_milvus.encode import ColPaliEncoder
-    return ColPaliEncoder(str(tiny_model_dir), device="cpu")
 
 
 @pytest.fixture

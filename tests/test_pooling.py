@@ -51,7 +51,7 @@ def test_index_option_pools_pages_and_is_fixed_per_collection(tmp_path, tiny_mod
     "ColPaliIndex(token_pool_factor=2) stores pooled pages (image patches pooled, prompt vectors kept), records the factor,"
     " refuses another factor on reopening, searches with exact MaxSim over the stored vectors, and still draws maps."
     from colpali_milvus.core import ModelMismatchError
-    from colpali_milvus.encode import ColPaliEncoder, load_image
+    from colpali_milvus.encode import ColPaliEncoder
     from colpali_milvus.index import ColPaliIndex
     from colpali_milvus.simmap import Explorer
     enc = ColPaliEncoder(str(tiny_model_dir), device="cpu")
