@@ -488,7 +488,7 @@ class Engine:
         s = self._take_slot()
         self.cent[s*self.pool:(s+1)*self.pool] = bf16_bits(c) if self.cand_dtype == 'bfloat16' else c
         self.slot_ids[s], self.slot[pid] = pid, s
-        self.rows[pid], self.full[pid] = row, np.asarray(full, self.dtype)
+        self.rows[pid], self.full[pid] = row, np.array(full, self.dtype)   # a copy: blobs are read-only buffers
         self.vector_bytes += self.full[pid].nbytes
         if self.dtype == np.float32 and self.vector_bytes > self.f32_budget:   # too big for float32: halve it
             self.dtype = np.float16

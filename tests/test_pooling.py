@@ -47,14 +47,13 @@ def test_bad_input():
     with pytest.raises(ValueError, match="NaN"): pool_tokens(np.full((4, 128), np.nan), 2)
 
 
-def test_index_option_pools_pages_and_is_fixed_per_collection(tmp_path, tiny_model_dir, sample_pdf):
+def test_index_option_pools_pages_and_is_fixed_per_collection(tmp_path, encoder, sample_pdf):
     "ColPaliIndex(token_pool_factor=2) stores pooled pages (image patches pooled, prompt vectors kept), records the factor,"
     " refuses another factor on reopening, searches with exact MaxSim over the stored vectors, and still draws maps."
     from colpali_milvus.core import ModelMismatchError
-    from colpali_milvus.encode import ColPaliEncoder
     from colpali_milvus.index import ColPaliIndex
     from colpali_milvus.simmap import Explorer
-    enc = ColPaliEncoder(str(tiny_model_dir), device="cpu")
+    enc = encoder
     db = tmp_path / "p.db"
     ix = ColPaliIndex(db, encoder=enc, pages_dir=tmp_path / "pages", token_pool_factor=2)
     ix.add(sample_pdf, progress=False)
