@@ -255,6 +255,7 @@ def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of th
     self._check_dim(self.encoder.dim)
     table = self._page_table()
     plans = [(src, *self._plan(src, table, metadata)) for src in sources]
+    replaced = set()
     with tqdm(total=sum(len(t) for _, t, _ in plans), unit='page', desc='indexing', disable=not progress) as bar:
         for src, todo, relabel in plans:
             name = str(src.path)
@@ -268,6 +269,9 @@ def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of th
             keep = {page_id_for(name, p) for p in range(1, src.pages + 1)}
             stale = [pid for pid, r in table.items() if r['source'] == name and pid not in keep]
             if stale: self.retriever.delete_pages(stale); report.removed += len(stale)
+            if todo or stale: replaced |= {r['image_path'] for r in table.values() if r['source'] == name}
+    if replaced:   # a changed file's old page images (another folder: it is named by content hash), unless still used
+        self._drop_images(replaced, {r['image_path'] for r in self._page_table().values()})
     return report
 
 # %% ../nbs/07_index.ipynb #72636645
@@ -292,6 +296,20 @@ def _resolve_sources(self:ColPaliIndex, sources, table:dict)->dict:
     return {pid: r for pid, r in table.items() if r['source'] in picked}
 
 @patch
+def _drop_images(self:ColPaliIndex, paths:set, # page images that pages no longer use...
+                 used:set # ...unless a stored page still does
+                ):
+    "Delete the page images in `paths` that no stored page uses (only inside `pages_dir`), and folders left empty."
+    for p in paths - used:
+        png = Path(p)
+        if png.is_relative_to(self.pages_dir): png.unlink(missing_ok=True)
+    for folder in {Path(p).parent for p in paths}:
+        if folder.is_relative_to(self.pages_dir) and folder.is_dir() and not any(folder.glob('page-*.png')):
+            (folder/'render.json').unlink(missing_ok=True)
+            try: folder.rmdir()
+            except OSError: pass
+
+@patch
 def remove(self:ColPaliIndex, sources # a file or folder that was indexed, or a list of them
           )->int:
     "Delete every page of `sources` and their vectors; returns the number of pages removed."
@@ -299,15 +317,7 @@ def remove(self:ColPaliIndex, sources # a file or folder that was indexed, or a 
     table = self._page_table()
     gone = self._resolve_sources(sources, table)
     self.retriever.delete_pages(list(gone))
-    used = {r['image_path'] for pid, r in table.items() if pid not in gone}
-    for r in gone.values():
-        png = Path(r['image_path'])
-        if r['image_path'] not in used and png.is_relative_to(self.pages_dir): png.unlink(missing_ok=True)
-    for folder in {Path(r['image_path']).parent for r in gone.values()}:
-        if folder.is_relative_to(self.pages_dir) and folder.is_dir() and not any(folder.glob('page-*.png')):
-            (folder/'render.json').unlink(missing_ok=True)
-            try: folder.rmdir()
-            except OSError: pass
+    self._drop_images({r['image_path'] for r in gone.values()}, {r['image_path'] for pid, r in table.items() if pid not in gone})
     return len(gone)
 
 # %% ../nbs/07_index.ipynb #e8e3e7a1
@@ -382,12 +392,27 @@ def search(self:ColPaliIndex, query, # a question in plain words, or a list of t
     queries = list(query) if many else [query]
     for q in queries: self._check_query(q)
     allowed = self._allowed(sources, where)
-    out = []
-    for qv in self.encoder.encode_queries(queries):
-        if documents: out.append(self._documents(qv, k, allowed))
-        elif allowed is not None and not allowed: out.append([])
-        else: out.append(self._hits(self.retriever.search_pages(qv, k, page_ids=allowed)))
+    out = [self._rank(qv, k, allowed, documents) for qv in self.encoder.encode_queries(queries)]
     return out if many else out[0]
+
+@patch
+def _rank(self:ColPaliIndex, qv, k:int, allowed, documents:bool)->list:
+    "Results for one query's vectors `qv` among the `allowed` page ids (None: all)."
+    if documents: return self._documents(qv, k, allowed)
+    if allowed is not None and not allowed: return []
+    return self._hits(self.retriever.search_pages(qv, k, page_ids=allowed))
+
+@patch
+def search_vectors(self:ColPaliIndex, query_vectors, # one query's vectors (n, dim), as `encoder.encode_queries` gives them
+                   k:int=5, # pages (or documents)
+                   sources=None, # only pages of these files or folders
+                   where:dict|None=None, # only pages whose metadata match
+                   documents:bool=False # rank documents instead of pages
+                  )->list:
+    "`search` for a query already encoded (e.g. to reuse its vectors for similarity maps)."
+    self._require_collection()
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, not {k!r}.")
+    return self._rank(query_vectors, k, self._allowed(sources, where), documents)
 
 @patch
 def show(self:ColPaliIndex, results, **kwargs):

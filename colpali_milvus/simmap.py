@@ -10,7 +10,7 @@ import numpy as np
 import ipywidgets as widgets
 from PIL import Image
 from fastcore.basics import patch
-from .core import ColPaliMilvusError, CollectionNotFoundError, SearchResult
+from .core import ColPaliMilvusError, SearchResult
 from .widgets import result_card, _as_result, _caption_html, _check_side, _note_html, _page_png, _BORDER, _SELECTED
 from .index import ColPaliIndex
 
@@ -211,16 +211,6 @@ def token_options(pm:PageMaps)->list:
         opts.append((lab if counts[lab] == 1 else f'{lab} ({counts[lab]})', i))
     return opts
 
-# %% ../nbs/09_simmap.ipynb #9d3d6748
-def _search_vectors(index:ColPaliIndex, qv:np.ndarray, k:int)->list:
-    "The `k` best pages of `index` for query vectors `qv`, as `SearchResult`s (like `ColPaliIndex.search`)."
-    if not index.retriever.exists():
-        raise CollectionNotFoundError(f"Collection {index.collection!r} does not exist in {index.uri}: add documents first "
-                                      f"(`index.add(...)` or `colpali-milvus index PATH --db {index.uri}`).")
-    return [SearchResult(rank=i+1, score=s, page_id=r['page_id'], source=r['source'], page=r['page'],
-                         image_path=r['image_path'], metadata=r['metadata'] or {})
-            for i, (s, r) in enumerate(index.retriever.search_pages(qv, k))]
-
 # %% ../nbs/09_simmap.ipynb #6a0ddd4c
 class Explorer:
     "Search box, result thumbnails in rank order, and the selected page large with a similarity map of a query token."
@@ -311,7 +301,7 @@ def _search(self:Explorer, query:str, gen:int, reraise:bool):
         labels = query_tokens(self.index.encoder.processor, query)
         if gen != self._gen: return
         self._step(1, 'ranking pages…')
-        results = _search_vectors(self.index, qv, self.k)
+        results = self.index.search_vectors(qv, self.k)
         if gen != self._gen: return
         self._step(2, 'drawing…')
         self.query, self.query_vecs, self.labels, self._maps, self.error = query, qv, labels, {}, None

@@ -34,6 +34,9 @@ def test_add_and_search_sample(index, sample_pdf, encoder, tmp_path):
     # a batch of queries gives one list per query
     both = index.search([q, "end-to-end retrieval"], k=2)
     assert len(both) == 2 and all(len(r) == 2 for r in both)
+    # a query encoded beforehand ranks the same
+    assert [(r.page_id, r.score) for r in index.search_vectors(qv, k=6)] == [(r.page_id, r.score) for r in res]
+    assert [d.source for d in index.search_vectors(qv, k=1, documents=True)] == [str(sample_pdf.resolve())]
 
 
 def test_readd_is_noop_and_changed_file_replaces(index, sample_pdf, tmp_path):
@@ -49,6 +52,10 @@ def test_readd_is_noop_and_changed_file_replaces(index, sample_pdf, tmp_path):
     assert [r.page for r in index.add(pdf, progress=False)] == [1, 2]
     assert index.sources() == {str(pdf.resolve()): 2}
     assert sorted(index.retriever.all_page_ids()) == sorted(page_id_for(str(pdf.resolve()), p) for p in (1, 2))
+    # the old version's page images (their folder is named by the old content hash) are deleted with it
+    on_disk = sorted(str(p) for p in index.pages_dir.rglob("*.png"))
+    assert on_disk == sorted(r["image_path"] for r in index.retriever.all_page_rows(("page_id", "image_path")))
+    assert len(on_disk) == 2
 
 
 def test_bad_inputs(index, tmp_path, sample_pdf):
