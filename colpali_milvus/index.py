@@ -254,6 +254,8 @@ def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of th
     self._ensure_collection()
     self._check_dim(self.encoder.dim)
     table = self._page_table()
+    by_source = {}   # source -> its stored page rows (one pass over the table, not one per file)
+    for pid, r in table.items(): by_source.setdefault(r['source'], {})[pid] = r
     plans = [(src, *self._plan(src, table, metadata)) for src in sources]
     replaced = set()
     with tqdm(total=sum(len(t) for _, t, _ in plans), unit='page', desc='indexing', disable=not progress) as bar:
@@ -266,10 +268,11 @@ def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of th
             except (PDFError, DimensionMismatchError, ValueError) as e:
                 failed(src.path, e if isinstance(e, PDFError) else PDFError(name, f'could not be indexed: {e}')); continue
             if todo: report.indexed[name] = len(todo)
+            old = by_source.get(name, {})
             keep = {page_id_for(name, p) for p in range(1, src.pages + 1)}
-            stale = [pid for pid, r in table.items() if r['source'] == name and pid not in keep]
+            stale = [pid for pid in old if pid not in keep]
             if stale: self.retriever.delete_pages(stale); report.removed += len(stale)
-            if todo or stale: replaced |= {r['image_path'] for r in table.values() if r['source'] == name}
+            if todo or stale: replaced |= {r['image_path'] for r in old.values()}
     if replaced:   # a changed file's old page images (another folder: it is named by content hash), unless still used
         self._drop_images(replaced, {r['image_path'] for r in self._page_table().values()})
     return report
@@ -384,8 +387,7 @@ def search(self:ColPaliIndex, query, # a question in plain words, or a list of t
            documents:bool=False # rank documents (each scored by its best page) instead of pages
           ):
     "The `k` best pages (or documents) for `query`: a list of results, or a list of such lists for a list of queries."
-    self._require_collection()
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, not {k!r}.")
+    self._check_search(k)
     many = not isinstance(query, str)
     if many and (isinstance(query, (bytes, bytearray, dict)) or not hasattr(query, '__iter__')):
         raise TypeError(f"A query must be a string or a list of strings, got {type(query).__name__}: {query!r:.80}.")
@@ -394,6 +396,12 @@ def search(self:ColPaliIndex, query, # a question in plain words, or a list of t
     allowed = self._allowed(sources, where)
     out = [self._rank(qv, k, allowed, documents) for qv in self.encoder.encode_queries(queries)]
     return out if many else out[0]
+
+@patch
+def _check_search(self:ColPaliIndex, k):
+    "Raise a clear error unless the collection exists and `k` is a positive int."
+    self._require_collection()
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, not {k!r}.")
 
 @patch
 def _rank(self:ColPaliIndex, qv, k:int, allowed, documents:bool)->list:
@@ -410,8 +418,7 @@ def search_vectors(self:ColPaliIndex, query_vectors, # one query's vectors (n, d
                    documents:bool=False # rank documents instead of pages
                   )->list:
     "`search` for a query already encoded (e.g. to reuse its vectors for similarity maps)."
-    self._require_collection()
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, not {k!r}.")
+    self._check_search(k)
     return self._rank(query_vectors, k, self._allowed(sources, where), documents)
 
 @patch

@@ -369,8 +369,8 @@ def _page_maps(self:Explorer, r:SearchResult)->tuple:
         vecs = self.index.retriever.page_vectors(rows)[r.page_id]
         from colpali_milvus.encode import load_image
         enc, img, note = self.index.encoder, load_image(r.image_path), ''
-        grid = enc.patch_grid(img) if hasattr(enc, 'patch_grid') else None
-        if grid is not None and len(vecs) != grid.n_vectors and rows[r.page_id].get('n_vectors') == len(vecs) \
+        grid = enc.patch_grid(img)
+        if len(vecs) != grid.n_vectors and rows[r.page_id].get('n_vectors') == len(vecs) \
            and self.index.token_pool_factor > 1:   # the index keeps pooled vectors: map a fresh encoding of the page
             vecs, note = enc.encode_images([img], progress=False)[0], 'map from the page encoded again (the index stores pooled vectors)'
         out = page_maps(enc.processor, self.query_vecs, vecs, img, enc.model, self.labels, grid), note
