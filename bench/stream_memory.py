@@ -1,11 +1,13 @@
-"""Peak memory and speed of indexing one long PDF with the tiny model, in a fresh subprocess per size.
+"""Peak memory and speed of indexing one long PDF (or a folder of PDFs) with the tiny model, a fresh subprocess per size.
 
     python bench/stream_memory.py                 # 100- and 500-page PDFs
     python bench/stream_memory.py --pages 500 --chunk 16
+    python bench/stream_memory.py --pages 500 --files 50   # a folder of 50 PDFs of 10 pages, in one `add`
     python bench/stream_memory.py --server        # Milvus in its own process (a `milvus-lite server`)
 
-For each size a PDF is generated with reportlab (one line of text per page, US letter), then a subprocess opens a new
-Milvus Lite database, loads the tiny model (`model='tiny'`), and runs `ColPaliIndex.add(pdf)`. It reports the
+For each size a PDF (or `--files` PDFs in one folder, the pages split evenly) is generated with reportlab (one line of
+text per page, US letter), then a subprocess opens a new Milvus Lite database, loads the tiny model (`model='tiny'`),
+and runs `ColPaliIndex.add(path)`. It reports the
 process's resident memory after loading (baseline), its peak during the run (`ru_maxrss`, which includes Milvus Lite:
 it runs inside the process) and at the end, the wall time and pages/s (poppler's short-lived children are not counted). A bounded job has the
 same peak for 100 and 500 pages; the tiny model makes the encoder cheap, so this measures the pipeline around it.
@@ -20,7 +22,7 @@ CHILD = textwrap.dedent('''
     import json, resource, sys, time, warnings
     warnings.simplefilter('ignore')
     from colpali_milvus.index import ColPaliIndex
-    pdf, db, pages, chunk = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    path, db, pages, chunk = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     def rss_mb():
         with open('/proc/self/status') as f:
             return next(int(l.split()[1]) for l in f if l.startswith('VmRSS')) / 1024
@@ -28,29 +30,38 @@ CHILD = textwrap.dedent('''
     idx.encoder; idx._ensure_collection()
     base = rss_mb()
     t0 = time.perf_counter()
-    rep = idx.add(pdf, chunk=chunk, progress=False)
+    rep = idx.add(path, chunk=chunk, progress=False)
     dt = time.perf_counter() - t0
-    assert len(rep) == len(idx), (len(rep), len(idx))
-    print(json.dumps({'pages': len(rep), 'seconds': round(dt, 1), 'pages_per_s': round(len(rep) / dt, 1),
+    assert len(rep) == len(idx) and rep.ok, (len(rep), len(idx), rep.errors)
+    print(json.dumps({'pages': len(rep), 'files': len(rep.indexed), 'seconds': round(dt, 1), 'pages_per_s': round(len(rep) / dt, 1),
                       'baseline_rss_mb': round(base), 'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                       'end_rss_mb': round(rss_mb())}))
 ''')
 
 
-def make_pdf(path, n_pages:int):
+def make_pdf(path, n_pages:int, title:str='Page'):
     "A US-letter PDF of `n_pages` pages, each with its own line of text."
     from reportlab.pdfgen import canvas
     c = canvas.Canvas(str(path), invariant=1)
     for i in range(1, n_pages + 1):
-        c.setFont('Helvetica', 14); c.drawString(72, 700, f'Page {i}: ' + 'late interaction retrieval ' * (i % 4 + 1))
+        c.setFont('Helvetica', 14); c.drawString(72, 700, f'{title} {i}: ' + 'late interaction retrieval ' * (i % 4 + 1))
         c.showPage()
     c.save()
     return Path(path)
 
 
-def measure(n_pages:int, chunk:int, server:bool=False)->dict:
+def make_inputs(d:Path, n_pages:int, files:int)->Path:
+    "One PDF of `n_pages` pages, or a folder of `files` PDFs sharing them (the first ones one page longer)."
+    if files <= 1: return make_pdf(d / f'long-{n_pages}.pdf', n_pages)
+    folder = d / 'docs'; folder.mkdir()
+    for f in range(files):
+        make_pdf(folder / f'doc-{f:03d}.pdf', n_pages // files + (f < n_pages % files), title=f'Document {f} page')
+    return folder
+
+
+def measure(n_pages:int, chunk:int, server:bool=False, files:int=1)->dict:
     with tempfile.TemporaryDirectory() as d:
-        pdf = make_pdf(Path(d) / f'long-{n_pages}.pdf', n_pages)
+        pdf = make_inputs(Path(d), n_pages, files)
         srv, db = None, str(Path(d) / 'm.db')
         if server:   # Milvus in its own process: the child's memory is then the indexing pipeline's alone
             sys.path.insert(0, str(ROOT / 'tests'))
@@ -72,9 +83,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--pages', type=int, nargs='+', default=[100, 500])
     p.add_argument('--chunk', type=int, default=16, help='pages rendered, encoded and committed per step')
+    p.add_argument('--files', type=int, default=1, help='split the pages over this many PDFs in one folder')
     p.add_argument('--server', action='store_true', help='index into a `milvus-lite server` on 127.0.0.1 (its own process)')
     a = p.parse_args()
-    for n in a.pages: print(json.dumps({'chunk': a.chunk, **measure(n, a.chunk, a.server)}), flush=True)
+    for n in a.pages: print(json.dumps({'chunk': a.chunk, **measure(n, a.chunk, a.server, a.files)}), flush=True)
 
 
 if __name__ == '__main__': main()

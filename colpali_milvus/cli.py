@@ -63,7 +63,7 @@ def run_demo(db:str='demo_out/demo.db', # database for the demo
         added = idx.add(data_path('sample.pdf'), progress=out is sys.stdout)
         t1 = time.perf_counter()
         print(f"Indexed {data_path('sample.pdf').name}: {len(idx)} pages in {db} "
-              f"({len(added)} encoded in {t1-t0:.1f} s) with model {idx.model}\n", file=out)
+              f"({len(added)} encoded; {t1-t0:.1f} s with loading the model) with model {idx.model}\n", file=out)
         for q in DEMO_QUERIES: print(format_results(q, idx.search(q, k=k)), '\n', file=out)
     print(f"Searched {len(DEMO_QUERIES)} queries in {time.perf_counter()-t1:.2f} s.", file=out)
     if getattr(idx.encoder, 'is_tiny', False):

@@ -14,7 +14,7 @@ from .core import *
 from .maxsim import as_matrix, rank
 
 # %% auto #0
-__all__ = ['MAX_PAGE_ID', 'VECTORS_SUFFIX', 'BLOB_CHARS', 'MAX_CHUNKS', 'META_FIELDS', 'is_local_uri', 'open_client',
+__all__ = ['MAX_PAGE_ID', 'VECTORS_SUFFIX', 'BLOB_CHARS', 'MAX_CHUNKS', 'META_FIELDS', 'BF16_ERR', 'is_local_uri', 'open_client',
            'close_client', 'blob_pk', 'n_chunks', 'to_blob', 'from_blob', 'pool_vectors', 'candidate_dtype',
            'bf16_bits', 'MilvusColbertRetriever', 'Engine']
 
@@ -193,7 +193,7 @@ class MilvusColbertRetriever:
                  f32_budget:int=2<<30, # keep page vectors as float32 in memory up to this many bytes, else float16
                  timeout:float|None=60.0, # seconds a data call (get, search, upsert...) may take; None: no limit
                  exhaustive_rows:int=300_000, # collections of at most this many vectors are scored exhaustively
-                 cand_dtype:str='auto', # candidate stage in 'bfloat16' or 'float32'; 'auto': bfloat16 where the CPU runs it natively
+                 cand_dtype:str='auto', # candidate stage (and screen of small collections) in 'bfloat16' or 'float32'; 'auto': bfloat16 where the CPU runs it natively
                 ):
         self.collection_name, self.dim = collection_name, dim
         self.client = milvus_client.client if isinstance(milvus_client, _Timed) else milvus_client
@@ -445,6 +445,8 @@ def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned 
     return {pid: full.astype(np.float32) for pid, (full, _) in self.read_blobs(list(rows.values())).items()}
 
 # %% ../nbs/05_retriever.ipynb #316efd73
+BF16_ERR = 3.2 / 256   # |bfloat16 dot product - float32 one| <= BF16_ERR * |q| * |d| (3 roundings of u = 2^-8, plus float32 sums)
+
 class Engine:
     "In-process search state: page vectors of every complete page, and their centroids in one matrix."
     chunk = 256    # pages per matrix product in the candidate stage (keeps the products' output in cache)
@@ -456,11 +458,11 @@ class Engine:
         self.free = []                                   # free slots, lowest last
         self.cent = self._alloc(0)                       # (slots * pool, dim) centroids, slot by slot
         self.hi = 0                                      # slots at or past `hi` are all free (not scored)
-        self._flat = None                                # (ids, all vectors (rows, dim) float32, row offsets)
+        self._flat = None                                # (ids, all vectors in one matrix, row offsets, largest norm)
         self.checked = self.full_checked = 0.0
 
     def _alloc(self, n_slots:int)->np.ndarray:
-        # numpy (bfloat16 as uint16 bit patterns): torch is imported only once a candidate stage runs
+        # numpy (bfloat16 as uint16 bit patterns): torch is imported only once a search multiplies in it
         return np.zeros((n_slots * self.pool, self.dim), np.uint16 if self.cand_dtype == 'bfloat16' else np.float32)
 
     def _take_slot(self)->int:
@@ -531,13 +533,31 @@ class Engine:
         return np.array([float((tq @ torch.from_numpy(self.full[i]).float().T).amax(1).sum()) for i in ids], np.float32)
 
     def flat(self):
-        "Page ids, every vector of every page in one float32 matrix, and each page's first row (for exhaustive scoring)."
+        "Page ids, every vector of every page in one matrix (float32, or bfloat16 bits in bfloat16 mode), each page's first row, the largest vector norm."
         if self._flat is None:
             ids = np.fromiter(self.full, dtype=np.int64, count=len(self.full))
-            mats = [self.full[i] for i in ids]
-            offsets = np.concatenate([[0], np.cumsum([len(m) for m in mats])[:-1]]).astype(np.int64)
-            self._flat = ids, _as_f32(np.concatenate(mats)), offsets
+            lens = np.array([len(self.full[i]) for i in ids], np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+            bf16 = self.cand_dtype == 'bfloat16'
+            rows, sq = np.empty((int(lens.sum()), self.dim), np.uint16 if bf16 else np.float32), 0.
+            for i, o, n in zip(ids, offsets, lens):   # page by page: no temporaries the size of the whole matrix
+                v = _as_f32(self.full[i])
+                sq = max(sq, float(np.einsum('ij,ij->i', v, v).max()))
+                rows[o:o+n] = bf16_bits(v) if bf16 else v
+            self._flat = ids, rows, offsets, float(np.sqrt(sq))
         return self._flat
+
+    def screen(self, q:np.ndarray, # query vectors (q, dim), float32
+               k:int # pages wanted
+              )->np.ndarray:
+        "Ids of the pages that can be among the `k` best by exact MaxSim: one bfloat16 product over every vector, with its error bound."
+        import torch
+        ids, bits, offsets, norm = self.flat()
+        if k >= len(ids): return ids
+        prod = (torch.from_numpy(q).bfloat16() @ torch.from_numpy(bits).view(torch.bfloat16).T).float().numpy()
+        approx = np.maximum.reduceat(prod, offsets, axis=1).sum(axis=0)
+        margin = 2 * BF16_ERR * norm * float(np.sqrt(np.einsum('ij,ij->i', q, q)).sum())
+        return ids[approx >= np.partition(approx, -k)[-k] - margin]
 
     @property
     def n_rows(self)->int:
@@ -605,11 +625,13 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
     "The best `k` pages by exact MaxSim over every vector: [(score, page row), ...], best first."
     e = self.engine()
     q = as_matrix(query, self.dim, what='query vectors')
-    if page_ids is None and e.full and e.n_rows <= self.exhaustive_rows:
-        ids, rows, offsets = e.flat()   # small collection: every page, one matrix product, as a brute force would
+    small = page_ids is None and e.full and e.n_rows <= self.exhaustive_rows   # every page, every vector
+    if small and e.cand_dtype == 'float32':
+        ids, rows, offsets, _ = e.flat()   # one float32 matrix product, as a brute force would
         scores = np.maximum.reduceat(q @ rows.T, offsets, axis=1).sum(axis=0)   # (q, rows): ~1.8x faster than (rows, q)
         return [(float(scores[j]), dict(e.rows[int(ids[j])])) for j in rank(scores, k)]
-    if page_ids is None: ids = [int(i) for i in self.candidates(q)]
+    if small: ids = [int(i) for i in e.screen(q, k)]   # bfloat16 screen; what can be in the top k is scored below
+    elif page_ids is None: ids = [int(i) for i in self.candidates(q)]
     else:
         ids = [i for i in dict.fromkeys(int(i) for i in page_ids) if i in e.full]
         if len(ids) > self.n_candidates and sum(len(e.full[i]) for i in ids) > self.exhaustive_rows:

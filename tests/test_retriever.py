@@ -213,3 +213,49 @@ def test_slots_are_reused_and_results_stay_right(tmp_path, pages):
     (score, row), *_ = r.search_pages(qs[0], k=1)
     assert row["page_id"] == 40
     np.testing.assert_allclose(score, brute(qs[0], [ds[4]])[0], rtol=1e-3)
+
+
+def test_bf16_error_bound_holds():
+    "A bfloat16 product is within BF16_ERR * |q| * |d| of the exact one: random vectors of any norm, and the worst case."
+    import torch
+    from colpali_milvus.retriever import BF16_ERR
+    rng = np.random.default_rng(3)
+    d = unit(rng, 5000) * rng.uniform(0.05, 8, (5000, 1)).astype(np.float32)
+    q = unit(rng, 32) * rng.uniform(0.1, 3, (32, 1)).astype(np.float32)
+    worst = np.full((2, 128), 1 + 2**-8 - 2**-20, np.float32)   # every component rounds down by almost u = 2^-8
+    for a, b in ((q, d), (worst, worst)):
+        exact = a.astype(np.float64) @ b.astype(np.float64).T
+        approx = (torch.from_numpy(a).bfloat16() @ torch.from_numpy(b).bfloat16().T).float().numpy()
+        err = np.abs(approx - exact) / (np.linalg.norm(a, axis=1)[:, None] * np.linalg.norm(b, axis=1)[None])
+        assert 0 < err.max() <= BF16_ERR
+    assert err.max() > 1.9 * 2**-8   # the worst case comes close to the bound: it is not loose by orders of magnitude
+
+
+def test_small_collections_rank_the_same_in_bfloat16_and_float32(tmp_path):
+    "The bfloat16 screen of a small collection gives the float32 exhaustive ranking, near ties and odd norms included."
+    rng = np.random.default_rng(5)
+    base = unit(rng, 200)
+    ds = [unit(rng, int(n)) * np.float32(s) for n, s in zip(rng.integers(50, 300, 30), rng.uniform(0.5, 2, 30))]
+    ds += [base + 2e-3 * unit(rng, 200) for _ in range(20)]   # 20 pages whose scores differ by less than bf16's error
+    qs = [base[:20] + 0.3 * unit(rng, 20), unit(rng, 25), ds[3][:10] + 0.05 * unit(rng, 10)]
+    client = open_client(str(tmp_path / "m.db"))
+    r16 = MilvusColbertRetriever(client, "c", cand_dtype="bfloat16")
+    r16.create_collection()
+    r16.add_pages(list(range(len(ds))), ds)
+    r32 = MilvusColbertRetriever(client, "c", cand_dtype="float32")
+    e = r16.engine()
+    assert e.n_rows <= r16.exhaustive_rows and e.flat()[1].dtype == np.uint16   # screened from bfloat16 bits
+    assert len(e.screen(qs[1], 5)) < len(ds)   # the screen does drop pages
+    stored = {pid: v.astype(np.float64) for pid, v in e.full.items()}   # the float16-rounded vectors held
+    for q in qs:
+        exact = {pid: (q.astype(np.float64) @ v.T).max(1).sum() for pid, v in stored.items()}
+        for k in (1, 5, 12, len(ds)):
+            for r in (r16, r32):   # a correct top k: exact scores, best first, and no page left out scores higher
+                got = r.search_pages(q, k)
+                ids, scores = [row["page_id"] for _, row in got], np.array([s for s, _ in got])
+                assert len(ids) == k and len(set(ids)) == k
+                np.testing.assert_allclose(scores, [exact[i] for i in ids], rtol=1e-5)
+                assert (np.diff(scores) <= 1e-5).all()
+                assert max([exact[i] for i in exact if i not in ids], default=-np.inf) <= scores[-1] + 1e-5
+            assert [row["page_id"] for _, row in r16.search_pages(q, 5)][:1] == [row["page_id"] for _, row in r32.search_pages(q, 5)][:1]
+    close_client(client, str(tmp_path / "m.db"))
