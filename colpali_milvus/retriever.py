@@ -549,15 +549,19 @@ class Engine:
 
     def screen(self, q:np.ndarray, # query vectors (q, dim), float32
                k:int # pages wanted
-              )->np.ndarray:
-        "Ids of the pages that can be among the `k` best by exact MaxSim: one bfloat16 product over every vector, with its error bound."
+              )->tuple[list, np.ndarray]:
+        "Page ids and exact MaxSim scores of the pages scored, which hold the `k` best of all: a bfloat16 product ranks every page, its error bound says where to stop."
         import torch
         ids, bits, offsets, norm = self.flat()
-        if k >= len(ids): return ids
         prod = (torch.from_numpy(q).bfloat16() @ torch.from_numpy(bits).view(torch.bfloat16).T).float().numpy()
         approx = np.maximum.reduceat(prod, offsets, axis=1).sum(axis=0)
-        margin = 2 * BF16_ERR * norm * float(np.sqrt(np.einsum('ij,ij->i', q, q)).sum())
-        return ids[approx >= np.partition(approx, -k)[-k] - margin]
+        margin = BF16_ERR * norm * float(np.sqrt(np.einsum('ij,ij->i', q, q)).sum())   # |approx - exact| <= margin
+        done, scores, kth = [], [], -np.inf
+        for j in np.argsort(-approx, kind='stable'):   # best screened first
+            if len(done) >= k and approx[j] + margin < kth: break   # it, and every page after it, scores below the k-th
+            done.append(int(ids[j])); scores.append(self.exact_scores(q, done[-1:])[0])
+            if len(done) >= k: kth = np.partition(scores, -k)[-k]
+        return done, np.array(scores, np.float32)
 
     @property
     def n_rows(self)->int:
@@ -630,8 +634,10 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
         ids, rows, offsets, _ = e.flat()   # one float32 matrix product, as a brute force would
         scores = np.maximum.reduceat(q @ rows.T, offsets, axis=1).sum(axis=0)   # (q, rows): ~1.8x faster than (rows, q)
         return [(float(scores[j]), dict(e.rows[int(ids[j])])) for j in rank(scores, k)]
-    if small: ids = [int(i) for i in e.screen(q, k)]   # bfloat16 screen; what can be in the top k is scored below
-    elif page_ids is None: ids = [int(i) for i in self.candidates(q)]
+    if small:
+        ids, scores = e.screen(q, k)   # bfloat16 screen of every vector, then float32 scores of what can be in the top k
+        return [(float(scores[j]), dict(e.rows[ids[j]])) for j in rank(scores, k)]
+    if page_ids is None: ids = [int(i) for i in self.candidates(q)]
     else:
         ids = [i for i in dict.fromkeys(int(i) for i in page_ids) if i in e.full]
         if len(ids) > self.n_candidates and sum(len(e.full[i]) for i in ids) > self.exhaustive_rows:
