@@ -61,7 +61,7 @@ def make_inputs(d:Path, n_pages:int, files:int)->Path:
 
 def measure(n_pages:int, chunk:int, server:bool=False, files:int=1)->dict:
     with tempfile.TemporaryDirectory() as d:
-        pdf = make_inputs(Path(d), n_pages, files)
+        path = make_inputs(Path(d), n_pages, files)
         srv, db = None, str(Path(d) / 'm.db')
         if server:   # Milvus in its own process: the child's memory is then the indexing pipeline's alone
             sys.path.insert(0, str(ROOT / 'tests'))
@@ -70,7 +70,7 @@ def measure(n_pages:int, chunk:int, server:bool=False, files:int=1)->dict:
         env = {**os.environ, 'PYTHONPATH': f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", 'HF_HUB_OFFLINE': '1',
                'TOKENIZERS_PARALLELISM': 'false', 'COLPALI_MILVUS_CACHE': os.environ.get('COLPALI_MILVUS_CACHE', str(Path(d) / 'cache'))}
         try:
-            out = subprocess.run([sys.executable, '-c', CHILD, str(pdf), db, str(Path(d) / 'pages'), str(chunk)],
+            out = subprocess.run([sys.executable, '-c', CHILD, str(path), db, str(Path(d) / 'pages'), str(chunk)],
                                  capture_output=True, text=True, env=env)
         finally:
             if srv is not None: srv.stop()

@@ -542,7 +542,7 @@ class Engine:
             rows, sq = np.empty((int(lens.sum()), self.dim), np.uint16 if bf16 else np.float32), 0.
             for i, o, n in zip(ids, offsets, lens):   # page by page: no temporaries the size of the whole matrix
                 v = _as_f32(self.full[i])
-                sq = max(sq, float(np.einsum('ij,ij->i', v, v).max()))
+                if bf16: sq = max(sq, float(np.einsum('ij,ij->i', v, v).max()))   # the screen's error bound needs it
                 rows[o:o+n] = bf16_bits(v) if bf16 else v
             self._flat = ids, rows, offsets, float(np.sqrt(sq))
         return self._flat
