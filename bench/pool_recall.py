@@ -3,7 +3,7 @@
     .venv/bin/python bench/pool_recall.py --pages 10000          # the corpus of bench/run.py (cached in bench_out/)
 
 For every page of the corpus: exact MaxSim of each query over all its vectors (the truth), and its centroids at each
-pool size (`colpali_milvus.retriever.pool_vectors`, as the retriever stores them), computed once and cached. Then each
+pool size (`colpali_milvus.candidates.page_centroids`, as the retriever stores them), computed once and cached. Then each
 candidate stage is replayed: MaxSim over the centroids (float32, or bfloat16 as the engine does it on CPUs with native
 bf16) picks `n_candidates` pages, which are ranked by their exact scores; recall@10 = overlap with the exact top-10.
 """
@@ -15,7 +15,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE)); sys.path.insert(0, str(HERE.parent))
 import run
-from colpali_milvus.retriever import pool_vectors
+from colpali_milvus.candidates import page_centroids as pool_vectors
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

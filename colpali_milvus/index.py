@@ -8,7 +8,9 @@ import hashlib, json, os, re, warnings
 from pathlib import Path
 from fastcore.basics import patch
 from .core import *
-from .retriever import MilvusColbertRetriever, open_client, close_client, is_local_uri, VECTORS_SUFFIX, _lite_servers
+from .store import (open_client, close_client, is_local_uri, lite_servers, CENTROIDS_SUFFIX, sources_expr,
+                                  metadata_expr)
+from .retriever import MilvusColbertRetriever
 from .rasterize import iter_inputs, probe, render_pages
 from .encode import DEFAULT_MODEL
 
@@ -23,7 +25,7 @@ def page_id_for(source:str, # absolute path of the page's file
     return int.from_bytes(hashlib.sha256(f"{source}\0{page}".encode()).digest()[:8], 'big') >> 17
 
 # %% ../nbs/07_index.ipynb #c57dc92e
-MAX_NAME = 255 - len(VECTORS_SUFFIX)   # the vectors collection adds its suffix
+MAX_NAME = 255 - len(CENTROIDS_SUFFIX)   # a server's centroid collection adds the longest suffix
 
 def check_collection_name(name:str # a collection name
                          )->str:
@@ -66,7 +68,7 @@ class ColPaliIndex:
         if encoder is not None and model is None: model = encoder.model_name
         if encoder is not None and model != encoder.model_name:
             raise ValueError(f"model={model!r} but the encoder given is {encoder.model_name!r}: pass one of them.")
-        fresh = is_local_uri(self.uri) and str(Path(self.uri).expanduser().absolute()) not in _lite_servers()
+        fresh = is_local_uri(self.uri) and str(Path(self.uri).expanduser().absolute()) not in lite_servers()
         self.client = open_client(self.uri, token)
         try:
             self.retriever = MilvusColbertRetriever(self.client, collection, **retriever_kwargs)
@@ -336,15 +338,30 @@ def _where_ok(meta:dict, where:dict)->bool:
     return True
 
 @patch
+def _source_filter(self:ColPaliIndex, sources)->str:
+    "A Milvus expression for the pages of `sources` (files or folders); `SourceNotFoundError` for one not indexed."
+    if isinstance(sources, (str, os.PathLike)): sources = [sources]
+    picked = set()
+    for s in sources:
+        keys = sorted({str(s), str(Path(s).expanduser().absolute()), str(Path(s).expanduser().resolve())})
+        under = [f"source like {json.dumps(k.rstrip(os.sep) + os.sep + '%')}" for k in keys]   # may match more: checked below
+        rows = self.retriever.query_pages(' or '.join([sources_expr(keys)] + under), ('source',))
+        hit = {r['source'] for r in rows if any(_matches(r['source'], k) for k in keys)}
+        if not hit: self._resolve_sources([s], self._page_table())   # raises SourceNotFoundError, listing what is indexed
+        picked |= hit
+    return sources_expr(sorted(picked))
+
+@patch
 def _allowed(self:ColPaliIndex, sources, where)->list|None:
-    "Ids of the pages a search may return (None: all)."
+    "Ids of the pages a search may return (None: all), found by Milvus; callable conditions are checked here."
     if sources is None and where is None: return None
-    rows = self.retriever.engine().rows
-    if sources is not None: rows = self._resolve_sources(sources, rows)
-    if where is not None:
-        if not isinstance(where, dict): raise TypeError(f"where must be a dict of metadata conditions, not {where!r:.100}.")
-        rows = {pid: r for pid, r in rows.items() if _where_ok(_meta(r), where)}
-    return sorted(rows)
+    if where is not None and not isinstance(where, dict):
+        raise TypeError(f"where must be a dict of metadata conditions, not {where!r:.100}.")
+    calls = {k: v for k, v in (where or {}).items() if callable(v)}
+    plain = {k: v for k, v in (where or {}).items() if not callable(v)}
+    parts = ([self._source_filter(sources)] if sources is not None else []) + ([metadata_expr(plain)] if plain else [])
+    rows = self.retriever.query_pages(' and '.join(f'({p})' for p in parts), ('page_id', 'metadata') if calls else ('page_id',))
+    return sorted(int(r['page_id']) for r in rows if not calls or _where_ok(_meta(r), calls))
 
 @patch
 def _check_query(self:ColPaliIndex, q):
@@ -368,7 +385,7 @@ def _hits(self:ColPaliIndex, hits)->list[SearchResult]:
 @patch
 def _documents(self:ColPaliIndex, qv, k:int, allowed)->list[DocumentResult]:
     "The `k` best documents, each scored by its best page."
-    total = len(allowed) if allowed is not None else len(self.retriever.engine().rows)
+    total = len(allowed) if allowed is not None else self.retriever.num_pages()
     want = 4 * k
     while True:
         hits = self._hits(self.retriever.search_pages(qv, min(want, total), page_ids=allowed))

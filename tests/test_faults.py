@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from colpali_milvus.core import MilvusUnavailableError, file_sha256
 from colpali_milvus.index import ColPaliIndex, page_id_for
-from colpali_milvus.retriever import META_FIELDS
+from colpali_milvus.store import META_FIELDS
 from hostile import make_pdf
 
 pytestmark = pytest.mark.timeout(600)

@@ -5,7 +5,8 @@ import pytest
 from pymilvus import MilvusClient
 from colpali_milvus.core import CollectionNotFoundError, DatabaseLockedError, DimensionMismatchError
 from colpali_milvus.maxsim import maxsim
-from colpali_milvus.retriever import MilvusColbertRetriever, close_client, open_client
+from colpali_milvus.retriever import MilvusColbertRetriever
+from colpali_milvus.store import close_client, open_client
 
 
 def unit(rng, n, d=128):
@@ -95,7 +96,8 @@ def test_reopen_in_new_process(tmp_path, pages):
     np.save(tmp_path / "q.npy", qs[0])
     code = textwrap.dedent(f"""
         import numpy as np
-        from colpali_milvus.retriever import MilvusColbertRetriever, open_client
+        from colpali_milvus.retriever import MilvusColbertRetriever
+        from colpali_milvus.store import open_client
         r = MilvusColbertRetriever(open_client({str(db)!r}), "c")
         s, row = r.search_pages(np.load({str(tmp_path / 'q.npy')!r}), k=1)[0]
         print(row["page_id"], row["page"], row["image_path"], r.num_pages(), r.dim)
@@ -141,16 +143,17 @@ def test_bad_input(tmp_path, pages):
 
 
 def test_replace_and_delete(tmp_path, pages):
+    "A replaced page is read back with its new vectors (appended to the page files), a deleted one is gone."
     ds, qs = pages
     r = MilvusColbertRetriever(open_client(str(tmp_path / "r.db")), "c")
     r.create_collection()
     for i, d in enumerate(ds[:3]): r.add_page(i, d)
-    r.search(qs[0], 1)  # fills the cache
-    blobs = lambda pid: len(r.client.query("c__vectors", filter=f"doc_id == {pid}", output_fields=["pk"]))
-    before = blobs(1)
+    r.search(qs[0], 1)  # fills the small collection's matrix
+    size = r.files.nbytes()
     r.add_page(1, ds[1][:10])
     assert r.page_vectors(r.page_rows([1]))[1].shape == (10, 128)
-    assert blobs(1) == 1 < before  # 10 vectors and their (unpooled) centroids fit one blob row
+    assert r.files.nbytes() > size   # appended: the old vectors stay until compacted
+    assert not r.client.has_collection("c__vectors")   # Lite keeps no blob rows
     assert [d for _, d in r.search(ds[1][:10], 1)] == [1]
     r.delete_pages([0, 2])
     assert r.all_page_ids() == [1]
@@ -160,19 +163,20 @@ def test_replace_and_delete(tmp_path, pages):
 @pytest.mark.parametrize("cand_dtype", ["float32", "bfloat16"])
 def test_candidate_stage_dtypes_agree_with_centroid_maxsim(tmp_path, pages, cand_dtype):
     "The candidate stage scores each page by MaxSim over its centroids, in float32 or bfloat16; final scores stay exact."
-    from colpali_milvus.retriever import pool_vectors
+    from colpali_milvus.candidates import LocalCandidates, page_centroids
+    from colpali_milvus.maxsim import block_maxsim
     ds, qs = pages
     r = MilvusColbertRetriever(open_client(str(tmp_path / "m.db")), "c", n_candidates=3, exhaustive_rows=0,
                                cand_dtype=cand_dtype)
     r.create_collection()
     r.add_pages(list(range(len(ds))), ds)
-    e = r.engine()
-    approx = e.centroid_scores(qs[0])
-    used = e.slot_ids[:e.hi]
-    assert len(approx) == e.hi and (used >= 0).sum() == len(ds)
-    want = np.array([(qs[0] @ pool_vectors(ds[int(p)], r.pool).T).max(1).sum() for p in used if p >= 0])
-    np.testing.assert_allclose(approx[used >= 0], want, rtol=1e-5 if cand_dtype == "float32" else 2e-2, atol=1e-3)
-    assert np.isneginf(approx[used < 0]).all()
+    bits, ids = r.files.centroids()
+    assert ids.tolist() == list(range(len(ds))) and bits.shape == (len(ds) * r.pool, 128)
+    approx = block_maxsim(qs[0], bits, r.pool, cand_dtype)
+    want = np.array([(qs[0] @ page_centroids(d, r.pool).T).max(1).sum() for d in ds])
+    np.testing.assert_allclose(approx, want, rtol=1e-2, atol=0.2)   # centroids are stored as bfloat16
+    slots, found = LocalCandidates(r.files, cand_dtype).search(qs[0], 3)
+    assert found[0] == 4 and list(found) == list(np.argsort(-approx, kind="stable")[:3])
     for q, target in zip(qs, (4, 7)):
         (score, row), *_ = r.search_pages(q, k=3)
         assert row["page_id"] == target
@@ -197,28 +201,29 @@ def test_restricted_search_uses_only_allowed_pages(tmp_path, pages):
         7 not in {row["page_id"] for _, row in r.search_pages(qs[1], k=10, page_ids=[4, 5, 6, 8, 9])}
 
 
-def test_slots_are_reused_and_results_stay_right(tmp_path, pages):
-    "Deleting and re-adding pages reuses centroid slots; searches see exactly the pages present."
+def test_old_blocks_of_replaced_and_deleted_pages_are_skipped(tmp_path, pages):
+    "Blocks left behind by replaced or deleted pages are still scored but never returned; the search looks further."
     ds, qs = pages
-    r = MilvusColbertRetriever(open_client(str(tmp_path / "m.db")), "c", n_candidates=3, exhaustive_rows=0,
-                               f32_budget=1)   # float16 page vectors in memory from the first page
+    r = MilvusColbertRetriever(open_client(str(tmp_path / "m.db")), "c", n_candidates=2, exhaustive_rows=0)
     r.create_collection()
     r.add_pages(list(range(len(ds))), ds)
-    e = r.engine()
-    n_slots = len(e.slot_ids)
-    r.delete_pages([4, 5])
-    assert 4 not in {row["page_id"] for _, row in r.search_pages(qs[0], k=10)}
-    r.add_pages([40, 50], [ds[4], ds[5]])
-    assert len(r.engine().slot_ids) == n_slots and r.engine().dtype == np.float16
+    r.delete_pages([5])
+    for i in (4, 3, 2):   # page 4's content moves to pages 40, then 3 and 2 get it: three stale blocks match qs[0] best
+        r.add_pages([i], [ds[9 - i]])
+    r.add_pages([40], [ds[4]])
+    cands = r.candidates(qs[0])
+    assert len(cands) == 2 and 40 in cands and 5 not in cands
+    assert all(row["slot"] == r.page_rows([p])[p]["slot"] for p, row in cands.items())
     (score, row), *_ = r.search_pages(qs[0], k=1)
     assert row["page_id"] == 40
     np.testing.assert_allclose(score, brute(qs[0], [ds[4]])[0], rtol=1e-3)
+    assert 5 not in {row["page_id"] for _, row in r.search_pages(qs[0], k=10)}
 
 
 def test_bf16_error_bound_holds():
     "A bfloat16 product is within BF16_ERR * |q| * |d| of the exact one: random vectors of any norm, and the worst case."
     import torch
-    from colpali_milvus.retriever import BF16_ERR
+    from colpali_milvus.maxsim import BF16_ERR
     rng = np.random.default_rng(3)
     d = unit(rng, 5000) * rng.uniform(0.05, 8, (5000, 1)).astype(np.float32)
     q = unit(rng, 32) * rng.uniform(0.1, 3, (32, 1)).astype(np.float32)
@@ -243,10 +248,12 @@ def test_small_collections_rank_the_same_in_bfloat16_and_float32(tmp_path):
     r16.create_collection()
     r16.add_pages(list(range(len(ds))), ds)
     r32 = MilvusColbertRetriever(client, "c", cand_dtype="float32")
-    e = r16.engine()
-    assert e.n_rows <= r16.exhaustive_rows and e.flat()[1].dtype == np.uint16   # screened from bfloat16 bits
-    assert len(e.screen(qs[1], 5)[0]) < len(ds)   # the screen skips pages
-    stored = {pid: v.astype(np.float64) for pid, v in e.full.items()}   # the float16-rounded vectors held
+    small = r16.small()
+    assert small.matrix.dtype == np.uint16   # screened from bfloat16 bits
+    from colpali_milvus.maxsim import maxsim_exact, screen
+    done, _ = screen(qs[1], small.matrix, small.offsets, small.norm, lambda j: maxsim_exact(qs[1], [small.pages[j]])[0], 5)
+    assert len(done) < len(ds)   # the screen skips pages
+    stored = {pid: v.astype(np.float64) for pid, v in r16.page_vectors(r16.page_rows(range(len(ds)))).items()}   # float16-rounded
     for q in qs:
         exact = {pid: (q.astype(np.float64) @ v.T).max(1).sum() for pid, v in stored.items()}
         for k in (1, 5, 12, len(ds)):
