@@ -8,8 +8,8 @@ import hashlib, json, os, re, warnings
 from pathlib import Path
 from fastcore.basics import patch
 from .core import *
-from .store import (open_client, close_client, is_local_uri, lite_servers, CENTROIDS_SUFFIX, sources_expr,
-                                  metadata_expr)
+from .store import (open_client, close_client, is_local_uri, lite_servers, CENTROIDS_SUFFIX, META_FIELDS,
+                                  sources_expr, metadata_expr)
 from .retriever import MilvusColbertRetriever
 from .rasterize import iter_inputs, probe, render_pages
 from .encode import DEFAULT_MODEL
@@ -141,8 +141,6 @@ def _require_collection(self:ColPaliIndex):
                                       f"(`index.add(...)` or `colpali-milvus index PATH --db {self.uri}`).")
 
 # %% ../nbs/07_index.ipynb #0ed7cd0d
-_TABLE = ('page_id', 'source', 'page', 'image_path', 'sha256', 'metadata', 'n_vectors', 'n_pooled')
-
 def _meta(row:dict)->dict:
     "A page row's user metadata as a dict."
     m = row.get('metadata') or {}
@@ -152,7 +150,7 @@ def _meta(row:dict)->dict:
 def _page_table(self:ColPaliIndex)->dict:
     "Every stored page row (without vectors), by page id."
     if not self.retriever.exists(): return {}
-    return {int(r['page_id']): r for r in self.retriever.all_page_rows(_TABLE)}
+    return {int(r['page_id']): r for r in self.retriever.all_page_rows(META_FIELDS)}
 
 @patch
 def sources(self:ColPaliIndex)->dict:

@@ -1,8 +1,8 @@
 """Faults: kill -9 while indexing (for real, a subprocess killed at several points), a second process on the same
 Milvus Lite database, and a Milvus server that goes away mid-session.
 
-After every kill the database is reopened and checked: every page row has all its vectors (the blob holds exactly
-n_vectors + n_pooled vectors), every page the child had acknowledged is there, and running the same `add` again
+After every kill the database is reopened and checked: every page row has all its vectors (n_vectors rows in the page
+files, and its own centroid block), every page the child had acknowledged is there, and running the same `add` again
 encodes only what is missing and ends with the same vectors a clean run gives.
 """
 import os, queue, signal, subprocess, sys, textwrap, threading, time
@@ -41,17 +41,19 @@ CHILD = textwrap.dedent('''
             real_save(im, dest)
         rz._save_png = save
     if mode == 'blobs':         # stop after a page's vectors are written and before its page row is
-        real_upsert = r.db.upsert
-        def upsert(coll, rows, **kw):
-            out = real_upsert(coll, rows, **kw)
-            if coll == r.vectors_collection and acks: hang('blobs')
+        from colpali_milvus.store import PageFiles
+        real_append = PageFiles.append
+        def append(*a, **kw):
+            out = real_append(*a, **kw)
+            if acks: hang('blobs')
             return out
-        r.db.upsert = upsert
-    if mode == 'delete':        # stop after stale page rows are deleted and before their vectors are
+        PageFiles.append = append   # the retriever makes its PageFiles when it creates the collection
+    if mode == 'delete':        # stop right after stale page rows are deleted, before anything else happens
         real_delete = r.db.delete
         def delete(coll, **kw):
-            if coll == r.vectors_collection: hang('delete')
-            return real_delete(coll, **kw)
+            out = real_delete(coll, **kw)
+            if coll == r.collection_name: hang('delete')
+            return out
         r.db.delete = delete
     say('START')
     rep = idx.add(pdf, chunk=CHUNK, progress=False)
@@ -101,10 +103,12 @@ def check_whole(idx):
     r = idx.retriever
     if not r.exists(): return {}  # killed before the collection was made (or while it was being made)
     rows = {int(x['page_id']): x for x in r.all_page_rows(META_FIELDS)}
-    blobs = r.read_blobs(list(rows.values()))  # raises if any blob row of a page is missing
-    for pid, (full, pooled) in blobs.items():
-        assert full.shape == (rows[pid]['n_vectors'], r.dim) and pooled.shape == (rows[pid]['n_pooled'], r.dim)
-        assert np.isfinite(full).all() and np.isfinite(pooled).all()
+    vectors = r.read_vectors(list(rows.values()))  # raises if any page's vectors are missing from the page files
+    bits, slot_ids = r.files.centroids()
+    for pid, full in vectors.items():
+        assert full.shape == (rows[pid]['n_vectors'], r.dim) and np.isfinite(full).all()
+        assert slot_ids[rows[pid]['slot']] == pid   # its centroid block is whole and is its own
+        assert len(bits) >= (rows[pid]['slot'] + 1) * r.pool
     return rows
 
 
@@ -147,7 +151,7 @@ def test_kill_while_adding(tmp_path, tiny_model_dir, encoder, mode, kill_when, d
 
 
 def test_kill_while_removing_stale_pages(tmp_path, tiny_model_dir, encoder):
-    "A file that got shorter: killed after its extra page rows are deleted, before their vectors are."
+    "A file that got shorter: killed right after its extra page rows are deleted."
     pdf = make_pdf(tmp_path / 'doc.pdf', 10)
     with ColPaliIndex(tmp_path / 'k.db', encoder=encoder, pages_dir=tmp_path / 'pages') as idx:
         idx.add(pdf, progress=False)

@@ -14,8 +14,10 @@ import pytest
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 from colpali_milvus.core import CollectionNotFoundError, DimensionMismatchError, MilvusUnavailableError
-from colpali_milvus.retriever import MilvusColbertRetriever, close_client, open_client
+from colpali_milvus.retriever import MilvusColbertRetriever
+from colpali_milvus.store import CENTROIDS_SUFFIX, close_client, open_client
 from milvus_servers import launch_milvus_standalone, start_lite_server
+from live_clients import READER, WRITER, run_readers_and_writer
 
 pytestmark = pytest.mark.timeout(240)  # a safety net: a hung server must not hang the suite
 
@@ -277,7 +279,8 @@ def test_read_your_writes(scratch):
 
 SECOND_PROCESS = textwrap.dedent("""
     import json, sys, numpy as np
-    from colpali_milvus.retriever import MilvusColbertRetriever, open_client, close_client
+    from colpali_milvus.retriever import MilvusColbertRetriever
+    from colpali_milvus.store import open_client, close_client
     uri, qpath, vpath = sys.argv[1:4]
     c = open_client(uri)
     r = MilvusColbertRetriever(c, 'seeded')
@@ -437,3 +440,85 @@ def test_search_on_a_frozen_server_is_bounded(lite_server_fn):
     th.join(10)
     close_client(client, srv.uri)
     assert 's' in out and out['s'] < 3 and 'error' in out, "search on a frozen server still blocked after 3 s"
+
+
+# ---------------------------------------------------------------- the server search path: candidates in Milvus, sharding, readers and a writer
+
+def corpus(seed, n, size=200):
+    "n pages of `size` vectors in a few shared topics (so pages compete), and queries made from pages 3, 11 and 20."
+    rng = np.random.default_rng(seed)
+    topics = unit(rng, 40)
+    ds = []
+    for i in range(n):
+        base = topics[rng.integers(0, 40, size)]
+        ds.append(base + 0.5 * unit(rng, size) / np.sqrt(2))
+        ds[-1] /= np.linalg.norm(ds[-1], axis=1, keepdims=True)
+    qs = {p: noisy(rng, ds[p][rng.choice(size, 20, replace=False)]) for p in (3, 11, 20)}
+    return ds, qs
+
+
+@pytest.fixture(scope='session')
+def sharded(server):
+    "The same 48 pages in a 1-shard and a 2-shard collection."
+    ds, qs = corpus(7, 48)
+    client = open_client(server.uri)
+    out = {}
+    for shards in (1, 2):
+        r = MilvusColbertRetriever(client, f'shards_{shards}', shards=shards, exhaustive_rows=0, n_candidates=8)
+        r.create_collection()
+        for s in range(0, len(ds), 16): r.add_pages(list(range(s, s + 16)), ds[s:s + 16])
+        out[shards] = r
+    yield out, ds, qs
+    close_client(client, server.uri)
+
+
+def test_candidates_come_from_milvus_and_scores_are_exact(sharded):
+    "exhaustive_rows=0: Milvus searches the centroid rows; only the candidates' vectors are read, and scored exactly."
+    rs, ds, qs = sharded
+    r = rs[1]
+    assert r.files is None and r.client.has_collection('shards_1' + CENTROIDS_SUFFIX)
+    stored = [d.astype(np.float16).astype(np.float32) for d in ds]
+    for page, q in qs.items():
+        r.cache.clear()
+        res = r.search_pages(q, k=5)
+        assert res[0][1]['page_id'] == page
+        np.testing.assert_allclose([s for s, _ in res], brute(q, [stored[row['page_id']] for _, row in res]), rtol=1e-5)
+        assert len(r.cache) == r.n_candidates < len(ds)   # the rerank read the candidates' vectors, no others
+        assert r.small() is None                          # not the exhaustive path
+    # the candidates are the pages whose centroids best match: the page a query came from is among them
+    assert 3 in r.candidates(qs[3])
+
+
+def test_two_shards_return_the_same_pages_as_one(sharded):
+    rs, ds, qs = sharded
+    assert rs[2].client.describe_collection('shards_2' + CENTROIDS_SUFFIX).get('num_shards', 2) == 2
+    rng = np.random.default_rng(0)
+    queries = list(qs.values()) + [noisy(rng, ds[p][:20]) for p in (0, 17, 33, 47)]
+    for q in queries:
+        one, two = rs[1].search_pages(q, k=5), rs[2].search_pages(q, k=5)
+        assert [row['page_id'] for _, row in one] == [row['page_id'] for _, row in two]
+        np.testing.assert_allclose([s for s, _ in one], [s for s, _ in two], rtol=1e-6)
+
+
+@pytest.mark.timeout(300)
+def test_readers_see_a_writers_pages_within_refresh_s(server, tmp_path):
+    "3 reader processes and 1 writer on one collection: no errors, flat reader memory, every write seen within refresh_s."
+    client = open_client(server.uri)
+    r = MilvusColbertRetriever(client, 'live')
+    r.create_collection()
+    r.add_pages(list(range(40)), [unit(np.random.default_rng(i), 30) for i in range(40)])   # some pages to compete with
+    log, refresh = tmp_path / 'writes.jsonl', 1.0
+    outs = run_readers_and_writer(server.uri, log, readers=3, seconds=16, refresh_s=refresh)
+    events = [json.loads(l) for l in log.read_text().splitlines()]
+    added = {str(e['pid']) for e in events if e['op'] == 'add'}
+    deleted = {str(e['pid']) for e in events if e['op'] == 'delete'}
+    assert len(added) >= 20 and deleted
+    for res, err in outs:
+        assert res['errors'] == [], res['errors'][:3]
+        assert set(res['seen']) >= added - deleted, f"pages never found: {sorted(added - deleted - set(res['seen']))}"
+        assert set(res['gone']) >= deleted
+        lag = max(list(res['seen'].values()) + list(res['gone'].values()))
+        assert lag <= refresh + 1.0, f"a write took {lag:.2f} s to be seen (refresh_s={refresh})"
+        assert res['rss'][1] - res['rss'][0] < 48, f"reader anonymous memory grew {res['rss']} MB"
+        assert 'Traceback' not in err
+    close_client(client, server.uri)

@@ -1,0 +1,174 @@
+"""Scale benchmark (issue 10): build N pre-encoded ColPali-shaped pages, then a fresh process opens the collection and
+answers queries: cold start, client memory, latency and recall@10 against exact MaxSim (a streaming brute force over
+every page, computed while building).
+
+    python bench/scale.py --backend lite --pages 10000 --queries 100 --out bench_out/scale
+    python bench/scale.py --backend milvus --pages 30000 --queries 100 --out bench_out/scale   # the 2.3.5 standalone
+
+The build runs in this process (its peak RSS is the build's) and writes pages in batches of 64 with `add_pages`; only
+the `add_pages` calls are timed (generating the synthetic pages is not). stderr of the build is captured and counted.
+The query phase runs in a child process: it imports torch and the package first (timed apart), then times open ->
+first answer, then 100 more queries, and reads RssAnon/RssFile from /proc/self/status before opening, after the
+first answer and after the last. Results go to <out>/<backend>_<pages>.json.
+"""
+from __future__ import annotations
+import argparse, json, os, subprocess, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent/'tests')]
+TOPK = 10
+
+def status()->dict:
+    "RssAnon, RssFile, VmHWM of this process in MB."
+    out = {}
+    for line in open('/proc/self/status'):
+        k, _, v = line.partition(':')
+        if k in ('RssAnon', 'RssFile', 'VmHWM', 'VmRSS'): out[k] = int(v.split()[0]) / 1024
+    return out
+
+def tree_rss_mb(pid:int)->dict:
+    "RSS of a process and its children: anonymous and file-backed, MB."
+    import psutil
+    anon = file = 0
+    for p in [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True):
+        try:
+            for line in open(f'/proc/{p.pid}/status'):
+                k, _, v = line.partition(':')
+                if k == 'RssAnon': anon += int(v.split()[0])
+                if k == 'RssFile': file += int(v.split()[0])
+        except OSError: pass
+    return {'anon_mb': anon / 1024, 'file_mb': file / 1024}
+
+def du_mb(path)->float:
+    return sum(f.stat().st_blocks * 512 for f in Path(path).rglob('*') if f.is_file()) / 2**20
+
+def build(a, uri:str, server_pid:int|None)->dict:
+    from corpus import Corpus
+    from colpali_milvus.retriever import MilvusColbertRetriever
+    from colpali_milvus.store import open_client, close_client
+    c = Corpus(a.pages, a.seed)
+    queries = [c.query(j) for j in range(a.queries)]
+    Q = np.stack([q for q, _ in queries]).astype(np.float32)
+    exact = np.empty((a.queries, a.pages), np.float32)
+    client = open_client(uri)
+    r = MilvusColbertRetriever(client, 'scale', shards=a.shards)
+    r.create_collection()
+    t_add, t0, server_peak = 0.0, time.time(), {}
+    for s in range(0, a.pages, 64):
+        e = min(s + 64, a.pages)
+        batch = c.pages(s, e)
+        meta = [dict(source=f'/corpus/doc{i // 10:05d}.pdf', page=i % 10 + 1, metadata={'topic': i % 50}) for i in range(s, e)]
+        t = time.time(); r.add_pages(list(range(s, e)), batch, meta); t_add += time.time() - t
+        h = np.stack(batch).astype(np.float16).astype(np.float32)             # exact MaxSim over what is stored
+        exact[:, s:e] = np.stack([(Q.reshape(-1, Q.shape[-1]) @ p.T).reshape(len(Q), -1, p.shape[0]).max(2).sum(1) for p in h], 1)
+        if s // 64 % 25 == 0:
+            print(f"  built {e}/{a.pages} pages, {e / t_add:.1f} pages/s (add_pages only), {time.time() - t0:.0f} s", flush=True)
+            if server_pid: server_peak = max(server_peak, tree_rss_mb(server_pid), key=lambda d: d.get('anon_mb', 0) + d.get('file_mb', 0))
+    t = time.time()
+    if r.files is None: client.flush(r.centroids.name); client.flush(r.vectors_collection); client.flush('scale')
+    t_flush = time.time() - t
+    top = [list(np.lexsort((np.arange(a.pages), -exact[j]))[:TOPK]) for j in range(a.queries)]
+    np.savez(a.work/'truth.npz', queries=Q, top=np.array(top), targets=np.array([t for _, t in queries]))
+    st = status()
+    close_client(client, uri)
+    return dict(pages=a.pages, add_s=t_add, pages_per_s=a.pages / t_add, flush_s=t_flush, build_wall_s=time.time() - t0,
+                build_peak_rss_mb=st['VmHWM'], server_rss_during_build=server_peak or None)
+
+QUERY_CHILD = r'''
+import json, sys, time
+t = time.time(); import torch, numpy as np; import colpali_milvus.retriever; t_import = time.time() - t
+from colpali_milvus.retriever import MilvusColbertRetriever
+from colpali_milvus.store import open_client
+def st():
+    out = {}
+    for line in open('/proc/self/status'):
+        k, _, v = line.partition(':')
+        if k in ('RssAnon', 'RssFile', 'VmHWM'): out[k] = int(v.split()[0]) / 1024
+    return out
+uri, truth, nq, kw = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+z = np.load(truth); Q, top = z['queries'], z['top']
+before = st()
+t0 = time.time()
+r = MilvusColbertRetriever(open_client(uri), 'scale', **kw)
+t_open = time.time() - t0
+first = r.search(Q[0], 10); t_first = time.time() - t0
+after_first = st()
+lat, got = [], [[p for _, p in first]]
+for j in range(1, nq + 1):
+    q = Q[j % len(Q)]
+    t = time.time(); res = r.search(q, 10); lat.append(time.time() - t); got.append([p for _, p in res])
+after = st()
+from colpali_milvus.store import metadata_expr, sources_expr
+filters = {}
+for name, expr in (('where topic == 7 (2% of pages)', metadata_expr({'topic': 7})),
+                   ('where topic in 3 values (6%)', metadata_expr({'topic': [1, 2, 3]})),
+                   ('one source (10 pages)', sources_expr(['/corpus/doc00042.pdf']))):
+    t = time.time(); ids = [x['page_id'] for x in r.query_pages(expr)]; t_q = time.time() - t
+    ts = []
+    for j in range(5):
+        t = time.time(); res = r.search_pages(Q[j % len(Q)], 10, page_ids=ids); ts.append(time.time() - t)
+        assert all(row['page_id'] in set(ids) for _, row in res)
+    filters[name] = dict(matched=len(ids), filter_ms=t_q * 1e3, filtered_search_median_ms=float(np.median(ts) * 1e3))
+rec = [len(set(g) & set(top[j % len(Q)].tolist())) / 10 for j, g in enumerate(got)]
+print(json.dumps(dict(import_s=t_import, open_s=t_open, open_to_first_answer_s=t_first, median_ms=float(np.median(lat)*1e3),
+      p90_ms=float(np.percentile(lat, 90)*1e3), recall_at_10=float(np.mean(rec)), n_queries=len(lat), mem_before=before,
+      mem_after_first=after_first, mem_after=after, rss_anon_growth_mb=after['RssAnon'] - before['RssAnon'],
+      filters=filters)))
+'''
+
+def query(a, uri:str, kw:dict)->dict:
+    out = subprocess.run([sys.executable, '-c', QUERY_CHILD, uri, str(a.work/'truth.npz'), str(a.n_search), json.dumps(kw)],
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode: raise RuntimeError(out.stderr[-3000:])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res['stderr_lines'] = len([l for l in out.stderr.splitlines() if l.strip()])
+    return res
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--backend', choices=['lite', 'milvus'], default='lite')
+    ap.add_argument('--pages', type=int, default=10000)
+    ap.add_argument('--queries', type=int, default=20, help='distinct queries (exact top-10 computed for each)')
+    ap.add_argument('--n-search', type=int, default=100, help='searches timed after the first')
+    ap.add_argument('--shards', type=int, default=1)
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--out', type=Path, default=Path('bench_out/scale'))
+    ap.add_argument('--keep', action='store_true', help='keep the database')
+    a = ap.parse_args()
+    a.out = a.out.resolve()   # the server is started in another folder: its config paths must be absolute
+    a.out.mkdir(parents=True, exist_ok=True)
+    a.work = Path(tempfile.mkdtemp(prefix=f'scale_{a.backend}_{a.pages}_', dir=a.out))
+    srv, res = None, {'backend': a.backend, 'pages': a.pages, 'queries': a.queries, 'n_search': a.n_search, 'shards': a.shards}
+    err = a.work/'build.stderr'
+    fd = os.dup(2); os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT), 2)   # count what a notebook user would see
+    try:
+        if a.backend == 'milvus':
+            from milvus_servers import start_milvus_standalone
+            os.environ['QUERYNODE_MMAPDIRPATH'] = str(a.work/'mmap')   # raw field data memory-mapped, not loaded
+            srv = start_milvus_standalone(a.work/'server')
+            uri = srv.uri
+        else: uri = str(a.work/'scale.db')
+        res['build'] = build(a, uri, srv.proc.pid if srv else None)
+    finally:
+        os.dup2(fd, 2)
+    text = err.read_text(errors='replace')
+    res['build']['stderr_lines'] = len([l for l in text.splitlines() if l.strip()])
+    res['build']['stderr_tracebacks'] = text.count('Traceback')
+    res['build']['stderr_head'] = text[:1500]
+    print('build:', json.dumps(res['build'])[:1500], flush=True)
+    if srv: time.sleep(5); res['server_rss_after_build'] = tree_rss_mb(srv.proc.pid)
+    res['query'] = query(a, uri, {})
+    print('query:', json.dumps(res['query']), flush=True)
+    if srv:
+        res['server_rss_after_queries'] = tree_rss_mb(srv.proc.pid)
+        res['server_rss_per_page_kb'] = {k: v * 1024 / a.pages for k, v in res['server_rss_after_queries'].items()}
+        res['disk_mb'] = du_mb(a.work/'server')
+        srv.stop()
+    else: res['disk_mb'] = du_mb(a.work/'scale.db')
+    (a.out/f'{a.backend}_{a.pages}.json').write_text(json.dumps(res, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if k != 'build'}, indent=1))
+    if not a.keep:
+        import shutil; shutil.rmtree(a.work, ignore_errors=True)
+
+if __name__ == '__main__': main()
