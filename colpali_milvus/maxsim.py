@@ -88,7 +88,7 @@ def rank(scores:np.ndarray, # one score per page
     order = np.lexsort((np.arange(len(scores)), -scores))
     return order[:k]
 
-# %% ../nbs/04_maxsim.ipynb #4e53ca8c
+# %% ../nbs/04_maxsim.ipynb #edbe288a
 def _tensor(a:np.ndarray):
     "`a` as a torch tensor without a copy (read-only arrays too: kernels never write to them)."
     import torch, warnings
@@ -103,7 +103,7 @@ def maxsim_exact(q:np.ndarray, # query vectors (q, dim), float32
     tq = _tensor(np.ascontiguousarray(q, np.float32))
     return np.array([float((tq @ _tensor(p).float().T).amax(1).sum()) for p in pages], np.float32)
 
-# %% ../nbs/04_maxsim.ipynb #e5c2eb3b
+# %% ../nbs/04_maxsim.ipynb #712c9596
 BF16_ERR = 3.2 / 256   # |bfloat16 dot product - float32 one| <= BF16_ERR * |q| * |d| (3 roundings of u = 2^-8, plus float32 sums)
 
 def bf16_bits(a:np.ndarray)->np.ndarray:
@@ -116,7 +116,7 @@ def bf16_tensor(bits:np.ndarray):
     import torch
     return _tensor(bits).view(torch.bfloat16)
 
-# %% ../nbs/04_maxsim.ipynb #bda4d404
+# %% ../nbs/04_maxsim.ipynb #3ed29b5c
 def block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
                  bits:np.ndarray, # blocks of rows as bfloat16 bits, (n_blocks * rows, dim)
                  rows:int, # rows per block
@@ -135,205 +135,7 @@ def block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
         out[s:e] = (tq @ c.T).float().view(len(q), e - s, rows).amax(2).sum(0)
     return out.numpy()
 
-# %% ../nbs/04_maxsim.ipynb #108793f7
-def screen(q:np.ndarray, # query vectors (q, dim), float32
-           bits:np.ndarray, # every vector of every page, as bfloat16 bits (rows, dim)
-           offsets:np.ndarray, # each page's first row in `bits`
-           norm:float, # the largest vector norm in `bits`
-           exact, # exact(j) -> float32 MaxSim of page j
-           k:int # pages wanted
-          )->tuple[list, np.ndarray]:
-    "Indices and exact scores of the pages scored, which hold the `k` best of all."
-    prod = (_tensor(np.ascontiguousarray(q, np.float32)).bfloat16() @ bf16_tensor(bits).T).float().numpy()
-    approx = np.maximum.reduceat(prod, offsets, axis=1).sum(axis=0)
-    margin = BF16_ERR * norm * float(np.sqrt(np.einsum('ij,ij->i', q, q)).sum())   # |approx - exact| <= margin
-    done, scores, kth = [], [], -np.inf
-    for j in np.argsort(-approx, kind='stable'):   # best screened first
-        if len(done) >= k and approx[j] + margin < kth: break   # it, and every page after it, scores below the k-th
-        done.append(int(j)); scores.append(exact(int(j)))
-        if len(done) >= k: kth = np.partition(scores, -k)[-k]
-    return done, np.array(scores, np.float32)
-
-# %% ../nbs/04_maxsim.ipynb #c22fa128
-def _tensor(a:np.ndarray):
-    "`a` as a torch tensor without a copy (read-only arrays too: kernels never write to them)."
-    import torch, warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)   # "the given NumPy array is not writable"
-        return torch.from_numpy(np.asarray(a))
-
-def maxsim_exact(q:np.ndarray, # query vectors (q, dim), float32
-                 pages:list # page arrays (n_i, dim), float16 or float32
-                )->np.ndarray:
-    "Exact MaxSim of `q` against every vector of each page, in float32: the rerank kernel."
-    tq = _tensor(np.ascontiguousarray(q, np.float32))
-    return np.array([float((tq @ _tensor(p).float().T).amax(1).sum()) for p in pages], np.float32)
-
-# %% ../nbs/04_maxsim.ipynb #0c3a4f54
-BF16_ERR = 3.2 / 256   # |bfloat16 dot product - float32 one| <= BF16_ERR * |q| * |d| (3 roundings of u = 2^-8, plus float32 sums)
-
-def bf16_bits(a:np.ndarray)->np.ndarray:
-    "float32 values as bfloat16 bit patterns (uint16), rounded to nearest even."
-    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-
-def bf16_tensor(bits:np.ndarray):
-    "bfloat16 bit patterns as a torch bfloat16 tensor (no copy)."
-    import torch
-    return _tensor(bits).view(torch.bfloat16)
-
-# %% ../nbs/04_maxsim.ipynb #c8c58875
-def block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
-                 bits:np.ndarray, # blocks of rows as bfloat16 bits, (n_blocks * rows, dim)
-                 rows:int, # rows per block
-                 dtype:str='bfloat16', # product in 'bfloat16' or 'float32'
-                 chunk:int=256 # blocks per product
-                )->np.ndarray:
-    "MaxSim of `q` against each block of `rows` rows: one score per block."
-    import torch
-    n = len(bits) // rows
-    out, cent = torch.empty(n), bf16_tensor(bits)
-    tq = torch.from_numpy(np.ascontiguousarray(q, np.float32))
-    tq = tq.bfloat16() if dtype == 'bfloat16' else tq
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        c = cent[s*rows:e*rows] if dtype == 'bfloat16' else cent[s*rows:e*rows].float()
-        out[s:e] = (tq @ c.T).float().view(len(q), e - s, rows).amax(2).sum(0)
-    return out.numpy()
-
-# %% ../nbs/04_maxsim.ipynb #5f1a1ecc
-def screen(q:np.ndarray, # query vectors (q, dim), float32
-           bits:np.ndarray, # every vector of every page, as bfloat16 bits (rows, dim)
-           offsets:np.ndarray, # each page's first row in `bits`
-           norm:float, # the largest vector norm in `bits`
-           exact, # exact(j) -> float32 MaxSim of page j
-           k:int # pages wanted
-          )->tuple[list, np.ndarray]:
-    "Indices and exact scores of the pages scored, which hold the `k` best of all."
-    prod = (_tensor(np.ascontiguousarray(q, np.float32)).bfloat16() @ bf16_tensor(bits).T).float().numpy()
-    approx = np.maximum.reduceat(prod, offsets, axis=1).sum(axis=0)
-    margin = BF16_ERR * norm * float(np.sqrt(np.einsum('ij,ij->i', q, q)).sum())   # |approx - exact| <= margin
-    done, scores, kth = [], [], -np.inf
-    for j in np.argsort(-approx, kind='stable'):   # best screened first
-        if len(done) >= k and approx[j] + margin < kth: break   # it, and every page after it, scores below the k-th
-        done.append(int(j)); scores.append(exact(int(j)))
-        if len(done) >= k: kth = np.partition(scores, -k)[-k]
-    return done, np.array(scores, np.float32)
-
-# %% ../nbs/04_maxsim.ipynb #f3b0944b
-def _tensor(a:np.ndarray):
-    "`a` as a torch tensor without a copy (read-only arrays too: kernels never write to them)."
-    import torch, warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)   # "the given NumPy array is not writable"
-        return torch.from_numpy(np.asarray(a))
-
-def maxsim_exact(q:np.ndarray, # query vectors (q, dim), float32
-                 pages:list # page arrays (n_i, dim), float16 or float32
-                )->np.ndarray:
-    "Exact MaxSim of `q` against every vector of each page, in float32: the rerank kernel."
-    tq = _tensor(np.ascontiguousarray(q, np.float32))
-    return np.array([float((tq @ _tensor(p).float().T).amax(1).sum()) for p in pages], np.float32)
-
-# %% ../nbs/04_maxsim.ipynb #e8820389
-BF16_ERR = 3.2 / 256   # |bfloat16 dot product - float32 one| <= BF16_ERR * |q| * |d| (3 roundings of u = 2^-8, plus float32 sums)
-
-def bf16_bits(a:np.ndarray)->np.ndarray:
-    "float32 values as bfloat16 bit patterns (uint16), rounded to nearest even."
-    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-
-def bf16_tensor(bits:np.ndarray):
-    "bfloat16 bit patterns as a torch bfloat16 tensor (no copy)."
-    import torch
-    return _tensor(bits).view(torch.bfloat16)
-
-# %% ../nbs/04_maxsim.ipynb #b3000dea
-def block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
-                 bits:np.ndarray, # blocks of rows as bfloat16 bits, (n_blocks * rows, dim)
-                 rows:int, # rows per block
-                 dtype:str='bfloat16', # product in 'bfloat16' or 'float32'
-                 chunk:int=256 # blocks per product
-                )->np.ndarray:
-    "MaxSim of `q` against each block of `rows` rows: one score per block."
-    import torch
-    n = len(bits) // rows
-    out, cent = torch.empty(n), bf16_tensor(bits)
-    tq = torch.from_numpy(np.ascontiguousarray(q, np.float32))
-    tq = tq.bfloat16() if dtype == 'bfloat16' else tq
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        c = cent[s*rows:e*rows] if dtype == 'bfloat16' else cent[s*rows:e*rows].float()
-        out[s:e] = (tq @ c.T).float().view(len(q), e - s, rows).amax(2).sum(0)
-    return out.numpy()
-
-# %% ../nbs/04_maxsim.ipynb #670ef16e
-def screen(q:np.ndarray, # query vectors (q, dim), float32
-           bits:np.ndarray, # every vector of every page, as bfloat16 bits (rows, dim)
-           offsets:np.ndarray, # each page's first row in `bits`
-           norm:float, # the largest vector norm in `bits`
-           exact, # exact(j) -> float32 MaxSim of page j
-           k:int # pages wanted
-          )->tuple[list, np.ndarray]:
-    "Indices and exact scores of the pages scored, which hold the `k` best of all."
-    prod = (_tensor(np.ascontiguousarray(q, np.float32)).bfloat16() @ bf16_tensor(bits).T).float().numpy()
-    approx = np.maximum.reduceat(prod, offsets, axis=1).sum(axis=0)
-    margin = BF16_ERR * norm * float(np.sqrt(np.einsum('ij,ij->i', q, q)).sum())   # |approx - exact| <= margin
-    done, scores, kth = [], [], -np.inf
-    for j in np.argsort(-approx, kind='stable'):   # best screened first
-        if len(done) >= k and approx[j] + margin < kth: break   # it, and every page after it, scores below the k-th
-        done.append(int(j)); scores.append(exact(int(j)))
-        if len(done) >= k: kth = np.partition(scores, -k)[-k]
-    return done, np.array(scores, np.float32)
-
-# %% ../nbs/04_maxsim.ipynb #6996f1c6
-def _tensor(a:np.ndarray):
-    "`a` as a torch tensor without a copy (read-only arrays too: kernels never write to them)."
-    import torch, warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)   # "the given NumPy array is not writable"
-        return torch.from_numpy(np.asarray(a))
-
-def maxsim_exact(q:np.ndarray, # query vectors (q, dim), float32
-                 pages:list # page arrays (n_i, dim), float16 or float32
-                )->np.ndarray:
-    "Exact MaxSim of `q` against every vector of each page, in float32: the rerank kernel."
-    tq = _tensor(np.ascontiguousarray(q, np.float32))
-    return np.array([float((tq @ _tensor(p).float().T).amax(1).sum()) for p in pages], np.float32)
-
-# %% ../nbs/04_maxsim.ipynb #bb303e7b
-BF16_ERR = 3.2 / 256   # |bfloat16 dot product - float32 one| <= BF16_ERR * |q| * |d| (3 roundings of u = 2^-8, plus float32 sums)
-
-def bf16_bits(a:np.ndarray)->np.ndarray:
-    "float32 values as bfloat16 bit patterns (uint16), rounded to nearest even."
-    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-
-def bf16_tensor(bits:np.ndarray):
-    "bfloat16 bit patterns as a torch bfloat16 tensor (no copy)."
-    import torch
-    return _tensor(bits).view(torch.bfloat16)
-
-# %% ../nbs/04_maxsim.ipynb #981fa2d8
-def block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
-                 bits:np.ndarray, # blocks of rows as bfloat16 bits, (n_blocks * rows, dim)
-                 rows:int, # rows per block
-                 dtype:str='bfloat16', # product in 'bfloat16' or 'float32'
-                 chunk:int=256 # blocks per product
-                )->np.ndarray:
-    "MaxSim of `q` against each block of `rows` rows: one score per block."
-    import torch
-    n = len(bits) // rows
-    out, cent = torch.empty(n), bf16_tensor(bits)
-    tq = torch.from_numpy(np.ascontiguousarray(q, np.float32))
-    tq = tq.bfloat16() if dtype == 'bfloat16' else tq
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        c = cent[s*rows:e*rows] if dtype == 'bfloat16' else cent[s*rows:e*rows].float()
-        out[s:e] = (tq @ c.T).float().view(len(q), e - s, rows).amax(2).sum(0)
-    return out.numpy()
-
-# %% ../nbs/04_maxsim.ipynb #2a0d51ba
+# %% ../nbs/04_maxsim.ipynb #f5971cd6
 def screen(q:np.ndarray, # query vectors (q, dim), float32
            bits:np.ndarray, # every vector of every page, as bfloat16 bits (rows, dim)
            offsets:np.ndarray, # each page's first row in `bits`
