@@ -136,10 +136,9 @@ class MilvusCandidates:
                hits:int=128, # centroids each query vector asks for
                ef:int|None=None, # HNSW search breadth (default: max(hits, 64))
                filter:str='', # Milvus expression on `page_id`
-               consistency:str='Bounded' # 'Strong' sees every write made before the call
+               **read # the snapshot to read, e.g. consistency_level='Strong' (default: the collection's, Strong)
               )->np.ndarray:
         "Ids of the best `n` pages by their summed best centroid hits, best first."
         res = self.db.search(self.name, data=np.asarray(q, np.float32).tolist(), limit=hits, filter=filter,
-                             output_fields=['page_id'], search_params={'params': {'ef': ef or max(hits, 64)}},
-                             consistency_level=consistency)
+                             output_fields=['page_id'], search_params={'params': {'ef': ef or max(hits, 64)}}, **read)
         return aggregate_hits([[(h['entity']['page_id'], h['distance']) for h in r] for r in res])[0][:n]

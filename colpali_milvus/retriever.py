@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 import numpy as np
 from fastcore.basics import patch
+from pymilvus import mkts_from_unixtime
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
 from .maxsim import as_matrix, bf16_bits, maxsim_exact, rank, screen
 from .store import (DeadlineClient, PageFiles, META_FIELDS, VECTORS_SUFFIX, CENTROIDS_SUFFIX, MAX_CHUNKS, BLOB_CHARS,
@@ -52,7 +53,7 @@ class MilvusColbertRetriever:
         self.lite_dir = lite_data_dir(self.client)   # set: Milvus Lite in this process, vectors in page files
         self.files = None                            # its `PageFiles`
         self.cache = OrderedDict()                   # page id -> (page row key, float16 vectors): read from a server
-        self._small, self._checked, self._strong_at, self._n_pages = None, -np.inf, -np.inf, None
+        self._small, self._checked, self._wrote_at, self._n_pages = None, -np.inf, 0., None
         if self.exists():
             self.dim = self._schema_dim()
             self._check_layout()
@@ -129,8 +130,8 @@ def create_collection(self:MilvusColbertRetriever, properties:dict|None=None # s
 
 @patch
 def _changed(self:MilvusColbertRetriever):
-    "Forget what this client knows of the collection's pages: the next search reads it again, strongly."
-    self._small, self._n_pages, self._strong_at = None, None, -np.inf
+    "Forget what this client knows of the collection's pages; its next reads see its own writes."
+    self._small, self._n_pages, self._wrote_at = None, None, time.time()
 
 @patch
 def properties(self:MilvusColbertRetriever)->dict:
@@ -258,13 +259,14 @@ def delete_pages(self:MilvusColbertRetriever, page_ids:list # pages to remove
 
 # %% ../nbs/05b_retriever.ipynb #c3a7261d
 @patch
-def consistency(self:MilvusColbertRetriever)->dict:
-    "Keyword arguments of the next search read: `Strong` once per `refresh_s`, else `Bounded` (nothing for Lite)."
+def consistency(self:MilvusColbertRetriever, lag:float|None=None # seconds a read may lag behind (None: `refresh_s`)
+               )->dict:
+    "Read keyword arguments that see every write acknowledged `lag` seconds ago (nothing for Lite, which sees all)."
     if self.lite_dir is not None: return {}
-    now = time.monotonic()
-    if now - self._strong_at < self.refresh_s: return {'consistency_level': 'Bounded'}
-    self._strong_at = now
-    return {'consistency_level': 'Strong'}
+    lag = self.refresh_s if lag is None else lag
+    if lag <= 0: return {'consistency_level': 'Strong'}
+    at = max(time.time() - lag, self._wrote_at)   # and this client's own writes, at once
+    return {'consistency_level': 'Customized', 'guarantee_timestamp': mkts_from_unixtime(at)}
 
 @patch
 def num_pages(self:MilvusColbertRetriever, **read # e.g. consistency_level='Bounded'
@@ -288,11 +290,13 @@ def page_rows(self:MilvusColbertRetriever, page_ids:list, # pages wanted
 @patch
 def query_pages(self:MilvusColbertRetriever, filter:str, # a Milvus expression on page fields, e.g. 'source == "a.pdf"'
                 fields=('page_id',), # fields to read
-                limit:int|None=None # at most this many rows
+                limit:int|None=None, # at most this many rows
+                **read # e.g. `consistency()`
                )->list[dict]:
     "The page rows matching `filter` (only `fields` of them): one query, or batches when there are more than 16,384."
     self._require()
-    first = self.db.query(self.collection_name, filter=filter, output_fields=list(fields), limit=min(limit or 16384, 16384))
+    first = self.db.query(self.collection_name, filter=filter, output_fields=list(fields), limit=min(limit or 16384, 16384),
+                          **read)
     if len(first) < 16384 or limit == len(first): return [{k: r[k] for k in fields} for r in first]
     it = self.db.query_iterator(self.collection_name, batch_size=16384, filter=filter, output_fields=list(fields),
                                 **({'limit': limit} if limit else {}))
@@ -302,9 +306,9 @@ def query_pages(self:MilvusColbertRetriever, filter:str, # a Milvus expression o
     return rows
 
 @patch
-def all_page_rows(self:MilvusColbertRetriever, fields=('page_id', 'n_vectors', 'n_pooled', 'sha256'))->list[dict]:
+def all_page_rows(self:MilvusColbertRetriever, fields=('page_id', 'n_vectors', 'n_pooled', 'sha256'), **read)->list[dict]:
     "Some fields of every complete page."
-    return self.query_pages('', fields)
+    return self.query_pages('', fields, **read)
 
 @patch
 def all_page_ids(self:MilvusColbertRetriever)->list[int]:
@@ -340,10 +344,7 @@ def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n
         hit = self.cache.get(int(r['page_id']))
         if hit is not None and hit[0] == key(r): out[int(r['page_id'])] = hit[1]; self.cache.move_to_end(int(r['page_id']))
         else: todo.append(r)
-    got = self._fetch_blobs(todo, read) if todo else {}
-    missing = [r for r in todo if int(r['page_id']) not in got]
-    if missing and read.get('consistency_level') != 'Strong':   # written just now by another client: wait for it
-        got.update(self._fetch_blobs(missing, {'consistency_level': 'Strong'}))
+    got = self._fetch_blobs(todo, read) if todo else {}   # a page row in a snapshot has its blobs there too
     for r in todo:
         pid = int(r['page_id'])
         if pid not in got and skip_missing: continue
@@ -395,33 +396,33 @@ class SmallCollection:
 def small(self:MilvusColbertRetriever)->SmallCollection|None:
     "The small collection's matrix, read again once its pages changed (None: not small)."
     now = time.monotonic()
-    if self._n_pages is None or now - self._n_pages[1] > self.refresh_s:
-        n = self.num_pages(**({} if self.lite_dir else {'consistency_level': 'Bounded'}))   # a count needs no strong read
+    if self._n_pages is None or now - self._n_pages[1] > self.refresh_s / 2:
+        read = self.consistency(self.refresh_s / 2)   # read every refresh_s/2, lagging refresh_s/2: writes show in refresh_s
+        n = self.num_pages(**read)
         if self._n_pages is None or n != self._n_pages[0]: self._small = None   # pages came or went: look again
         self._n_pages = (n, now)
         if self._small is False or n * 64 > self.exhaustive_rows: return None   # too many pages to be small
-        rows = self.all_page_rows(META_FIELDS)
+        rows = self.all_page_rows(META_FIELDS, **read)
         fits = sum(r['n_vectors'] for r in rows) * self.dim * 4 <= min(self.exhaustive_rows * self.dim * 4, self.memory_budget // 2)
         if not fits or not rows: self._small = False; return None
         key = lambda rs: [(r['page_id'], r['n_vectors'], r['sha256'], r['offset']) for r in rs]
         if self._small is None or key(self._small.rows) != key(rows):
-            self._small = SmallCollection(rows, self.read_vectors(rows, **self.consistency()), self.cand_dtype)
+            self._small = SmallCollection(rows, self.read_vectors(rows, **read), self.cand_dtype)
         else: self._small.rows = rows   # metadata may change alone
     return self._small or None
 
 # %% ../nbs/05b_retriever.ipynb #f9c10088
 @patch
 def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q, dim)
-               page_ids:list|None=None # only among these pages (None: all)
+               page_ids:list|None=None, # only among these pages (None: all)
+               read:dict|None=None # the snapshot to read (None: `consistency()`)
               )->dict:
     "Page rows of the pages worth scoring exactly: the best `n_candidates` by MaxSim on their centroids."
-    q, n, read = as_matrix(query, self.dim, what='query vectors'), self.n_candidates, self.consistency()
-    if self.files is None:
+    q, n, read = as_matrix(query, self.dim, what='query vectors'), self.n_candidates, read or self.consistency()
+    if self.files is None:   # centroids of a page still being written have no page row in the snapshot: left out
         expr = f"page_id in {[int(i) for i in page_ids]}" if page_ids is not None else ''
-        pids = self.centroids.search(q, n, self.hits, filter=expr, consistency=read['consistency_level'])
+        pids = self.centroids.search(q, n, self.hits, filter=expr, **read)
         rows = self.page_rows(pids, **read)
-        late = [p for p in pids if p not in rows]   # centroids seen before their page row: written just now?
-        if late and read['consistency_level'] != 'Strong': rows.update(self.page_rows(late, consistency_level='Strong'))
         return {p: rows[p] for p in pids if p in rows}
     slots = None if page_ids is None else [r['slot'] for r in self.page_rows(page_ids, ('page_id', 'slot')).values()]
     ask, found = n, {}
@@ -442,14 +443,14 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
     self._require()
     q = as_matrix(query, self.dim, what='query vectors')
     if page_ids is None and (s := self.small()) is not None: return s.search(q, k)
+    read = self.consistency()
     if page_ids is not None:
         ids = list(dict.fromkeys(int(i) for i in page_ids))
         few = len(ids) <= self.n_candidates or len(ids) * 1030 <= self.exhaustive_rows
-        rows = self.page_rows(ids, **self.consistency()) if few else self.candidates(q, ids)
-    else: rows = self.candidates(q)
+        rows = self.page_rows(ids, **read) if few else self.candidates(q, ids, read)
+    else: rows = self.candidates(q, read=read)
     if not rows: return []
-    vectors = self.read_vectors(list(rows.values()), skip_missing=True,
-                                **({} if self.files is not None else {'consistency_level': 'Bounded'}))
+    vectors = self.read_vectors(list(rows.values()), skip_missing=True, **read)   # one snapshot for the whole search
     rows = [r for r in rows.values() if int(r['page_id']) in vectors]   # a page deleted meanwhile is left out
     scores = maxsim_exact(q, [vectors[int(r['page_id'])] for r in rows])
     return [(float(scores[j]), dict(rows[j])) for j in rank(scores, k)]
