@@ -9,7 +9,7 @@ from .core import DimensionMismatchError
 
 # %% auto #0
 __all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'maxsim_exact', 'bf16_bits', 'bf16_tensor',
-           'block_maxsim', 'screen']
+           'block_maxsim', 'page_max', 'stacked_exact', 'rerank']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -136,20 +136,50 @@ def block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
     return out.numpy()
 
 # %% ../nbs/04_maxsim.ipynb #f5971cd6
-def screen(q:np.ndarray, # query vectors (q, dim), float32
-           bits:np.ndarray, # every vector of every page, as bfloat16 bits (rows, dim)
-           offsets:np.ndarray, # each page's first row in `bits`
-           norm:float, # the largest vector norm in `bits`
-           exact, # exact(j) -> float32 MaxSim of page j
-           k:int # pages wanted
-          )->tuple[list, np.ndarray]:
-    "Indices and exact scores of the pages scored, which hold the `k` best of all."
-    prod = (_tensor(np.ascontiguousarray(q, np.float32)).bfloat16() @ bf16_tensor(bits).T).float().numpy()
-    approx = np.maximum.reduceat(prod, offsets, axis=1).sum(axis=0)
-    margin = BF16_ERR * norm * float(np.sqrt(np.einsum('ij,ij->i', q, q)).sum())   # |approx - exact| <= margin
-    done, scores, kth = [], [], -np.inf
-    for j in np.argsort(-approx, kind='stable'):   # best screened first
-        if len(done) >= k and approx[j] + margin < kth: break   # it, and every page after it, scores below the k-th
-        done.append(int(j)); scores.append(exact(int(j)))
-        if len(done) >= k: kth = np.partition(scores, -k)[-k]
-    return done, np.array(scores, np.float32)
+def page_max(prod, # a query's product with the rows of pages, (q, rows), a torch tensor
+             lens:list # rows per page
+            )->np.ndarray:
+    "MaxSim of each page from the product: per query vector the page's largest entry, summed, in float32."
+    import torch
+    if len(set(lens)) == 1: best = prod.view(len(prod), len(lens), lens[0]).amax(2)
+    else: best = torch.stack([c.amax(1) for c in prod.split(list(lens), 1)], 1)
+    return best.float().sum(0).numpy()
+
+def stacked_exact(tq, # query vectors, a float32 torch tensor (q, dim)
+                  pages:list # page arrays (n_i, dim), float16 or float32
+                 )->np.ndarray:
+    "Exact MaxSim of each page in one float32 product over all their rows."
+    import torch
+    if not len(pages): return np.zeros(0, np.float32)
+    return page_max(tq @ torch.cat([_tensor(p) for p in pages]).float().T, [len(p) for p in pages])
+
+# %% ../nbs/04_maxsim.ipynb #a1b2c3d4
+def rerank(q:np.ndarray, # query vectors (q, dim), float32
+           pages:list, # page arrays (n_i, dim), float16 or float32
+           k:int, # pages wanted
+           dtype:str='bfloat16', # screen in 'bfloat16', or score every page exactly in 'float32'
+           stacked:np.ndarray|None=None, # the pages' rows stacked: bfloat16 bits, or float32 (None: stacked here)
+           norm:float|None=None, # the largest vector norm in `pages` (None: computed)
+           stats:dict|None=None # if given, gets 'exact': the number of pages scored in float32
+          )->tuple[np.ndarray, np.ndarray]:
+    "Indices of the `k` best pages by exact float32 MaxSim and their scores, best first."
+    import torch
+    tq, lens = _tensor(np.ascontiguousarray(q, np.float32)), [len(p) for p in pages]
+    if dtype != 'bfloat16' or len(pages) <= k:
+        f32 = stacked is not None and stacked.dtype == np.float32
+        s = page_max(tq @ _tensor(stacked).T, lens) if f32 else stacked_exact(tq, pages)
+        if stats is not None: stats['exact'] = len(pages)
+        best = rank(s, k); return best, s[best]
+    b = bf16_tensor(stacked) if stacked is not None else torch.cat([_tensor(p) for p in pages]).bfloat16()
+    approx = page_max(tq.bfloat16() @ b.T, lens)
+    if norm is None: norm = float(torch.linalg.vector_norm(b, dim=1, dtype=torch.float32).max()) * (1 + 2**-8)
+    margin = BF16_ERR * norm * float(np.linalg.norm(q, axis=1).sum())   # |approx - exact| <= margin
+    order = np.argsort(-approx, kind='stable')
+    first = stacked_exact(tq, [pages[j] for j in order[:k]])   # the k best screened, exactly
+    floor = np.partition(first, -k)[-k]   # the k-th best exact score so far
+    rest = [j for j in order[k:] if approx[j] + margin >= floor]   # pages that may still beat it
+    if stats is not None: stats['exact'] = k + len(rest)
+    done = np.concatenate([order[:k], np.array(rest, np.int64)])
+    s = np.concatenate([first, stacked_exact(tq, [pages[j] for j in rest])])
+    best = rank(s, k)
+    return done[best], s[best]

@@ -10,7 +10,7 @@ import numpy as np
 from fastcore.basics import patch
 from pymilvus import mkts_from_unixtime
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
-from .maxsim import as_matrix, bf16_bits, maxsim_exact, rank, screen
+from .maxsim import as_matrix, bf16_bits, rerank
 from .store import (DeadlineClient, PageFiles, META_FIELDS, VECTORS_SUFFIX, CENTROIDS_SUFFIX, MAX_CHUNKS, BLOB_CHARS,
                     blob_pk, blob_rows, check_page_id, from_blob, index_params, lite_data_dir, n_chunks, page_row,
                     pages_schema, vectors_schema)
@@ -386,11 +386,8 @@ class SmallCollection:
 
     def search(self, q:np.ndarray, k:int)->list[tuple[float, dict]]:
         "The best `k` pages by exact MaxSim over every vector."
-        if self.dtype == 'float32':   # one float32 product, as a brute force would
-            scores = np.maximum.reduceat(q @ self.matrix.T, self.offsets, axis=1).sum(axis=0)
-            return [(float(scores[j]), dict(self.rows[j])) for j in rank(scores, k)]
-        done, scores = screen(q, self.matrix, self.offsets, self.norm, lambda j: maxsim_exact(q, [self.pages[j]])[0], k)
-        return [(float(scores[j]), dict(self.rows[done[j]])) for j in rank(scores, k)]
+        best, scores = rerank(q, self.pages, k, self.dtype, self.matrix, self.norm or None)
+        return [(float(s), dict(self.rows[j])) for j, s in zip(best, scores)]
 
 @patch
 def small(self:MilvusColbertRetriever)->SmallCollection|None:
@@ -452,8 +449,8 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
     if not rows: return []
     vectors = self.read_vectors(list(rows.values()), skip_missing=True, **read)   # one snapshot for the whole search
     rows = [r for r in rows.values() if int(r['page_id']) in vectors]   # a page deleted meanwhile is left out
-    scores = maxsim_exact(q, [vectors[int(r['page_id'])] for r in rows])
-    return [(float(scores[j]), dict(rows[j])) for j in rank(scores, k)]
+    best, scores = rerank(q, [vectors[int(r['page_id'])] for r in rows], k, self.cand_dtype)
+    return [(float(s), dict(rows[j])) for j, s in zip(best, scores)]
 
 @patch
 def search(self:MilvusColbertRetriever, data, # query vectors (q, dim)

@@ -250,9 +250,10 @@ def test_small_collections_rank_the_same_in_bfloat16_and_float32(tmp_path):
     r32 = MilvusColbertRetriever(client, "c", cand_dtype="float32")
     small = r16.small()
     assert small.matrix.dtype == np.uint16   # screened from bfloat16 bits
-    from colpali_milvus.maxsim import maxsim_exact, screen
-    done, _ = screen(qs[1], small.matrix, small.offsets, small.norm, lambda j: maxsim_exact(qs[1], [small.pages[j]])[0], 5)
-    assert len(done) < len(ds)   # the screen skips pages
+    from colpali_milvus.maxsim import rerank
+    stats = {}
+    rerank(qs[1], small.pages, 5, 'bfloat16', small.matrix, small.norm, stats)
+    assert stats['exact'] < len(ds)   # the screen skips pages
     stored = {pid: v.astype(np.float64) for pid, v in r16.page_vectors(r16.page_rows(range(len(ds)))).items()}   # float16-rounded
     for q in qs:
         exact = {pid: (q.astype(np.float64) @ v.T).max(1).sum() for pid, v in stored.items()}
