@@ -9,7 +9,7 @@ from .core import DimensionMismatchError
 
 # %% auto #0
 __all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'maxsim_exact', 'bf16_bits', 'bf16_tensor',
-           'block_maxsim', 'page_max', 'stacked_exact', 'rerank']
+           'block_maxsim', 'page_max', 'stacked_exact', 'rerank', 'max_norms']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -183,3 +183,11 @@ def rerank(q:np.ndarray, # query vectors (q, dim), float32
     s = np.concatenate([first, stacked_exact(tq, [pages[j] for j in rest])])
     best = rank(s, k)
     return done[best], s[best]
+
+# %% ../nbs/04_maxsim.ipynb #c0ffee02
+def max_norms(pages:list # page arrays (n_i, dim), float16 or float32
+             )->np.ndarray:
+    "Each page's largest vector norm, rounded up: the `norm` that `rerank` needs, computed once per page."
+    import torch
+    return np.array([float(torch.linalg.vector_norm(_tensor(p), dim=1, dtype=torch.float32).max()) * (1 + 2**-16)
+                     for p in pages], np.float32)

@@ -10,7 +10,7 @@ import numpy as np
 from fastcore.basics import patch
 from pymilvus import mkts_from_unixtime
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
-from .maxsim import as_matrix, bf16_bits, rerank
+from .maxsim import as_matrix, bf16_bits, max_norms, rerank
 from .store import (DeadlineClient, PageFiles, META_FIELDS, VECTORS_SUFFIX, CENTROIDS_SUFFIX, MAX_CHUNKS, BLOB_CHARS,
                     blob_pk, blob_rows, check_page_id, from_blob, index_params, lite_data_dir, n_chunks, page_row,
                     pages_schema, vectors_schema)
@@ -53,6 +53,7 @@ class MilvusColbertRetriever:
         self.lite_dir = lite_data_dir(self.client)   # set: Milvus Lite in this process, vectors in page files
         self.files = None                            # its `PageFiles`
         self.cache = OrderedDict()                   # page id -> (page row key, float16 vectors): read from a server
+        self.norms = {}                              # (page id, version) -> its largest vector norm (see `max_norm`)
         self._small, self._checked, self._wrote_at, self._n_pages = None, -np.inf, 0., None
         if self.exists():
             self.dim = self._schema_dim()
@@ -449,8 +450,18 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
     if not rows: return []
     vectors = self.read_vectors(list(rows.values()), skip_missing=True, **read)   # one snapshot for the whole search
     rows = [r for r in rows.values() if int(r['page_id']) in vectors]   # a page deleted meanwhile is left out
-    best, scores = rerank(q, [vectors[int(r['page_id'])] for r in rows], k, self.cand_dtype)
+    pages = [vectors[int(r['page_id'])] for r in rows]
+    best, scores = rerank(q, pages, k, self.cand_dtype, norm=self.max_norm(rows, pages))
     return [(float(s), dict(rows[j])) for j, s in zip(best, scores)]
+
+@patch
+def max_norm(self:MilvusColbertRetriever, rows:list, pages:list)->float:
+    "The largest vector norm in `pages`, from each page's own, remembered by page version (`maxsim.max_norms`)."
+    keys = [(int(r['page_id']), r['n_vectors'], r.get('sha256'), r.get('offset')) for r in rows]
+    new = [(key, p) for key, p in zip(keys, pages) if key not in self.norms]
+    if len(self.norms) + len(new) > 1_000_000: self.norms.clear()   # a bound on what is remembered (~100 MB)
+    self.norms.update(zip([key for key, _ in new], max_norms([p for _, p in new]).tolist()))
+    return max((self.norms[key] for key in keys), default=0.) or None
 
 @patch
 def search(self:MilvusColbertRetriever, data, # query vectors (q, dim)
