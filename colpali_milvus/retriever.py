@@ -10,7 +10,7 @@ import numpy as np
 from fastcore.basics import patch
 from pymilvus import mkts_from_unixtime
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
-from .maxsim import as_matrix, bf16_bits, max_norms, rerank
+from .maxsim import as_matrix, bf16_bits, block_maxsim, max_norms, rank, rerank
 from .store import (DeadlineClient, PageFiles, META_FIELDS, VECTORS_SUFFIX, CENTROIDS_SUFFIX, MAX_CHUNKS, BLOB_CHARS,
                     blob_pk, blob_rows, check_page_id, from_blob, index_params, lite_data_dir, n_chunks, page_row,
                     pages_schema, vectors_schema)
@@ -371,8 +371,11 @@ def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned 
 # %% ../nbs/05b_retriever.ipynb #0d5d29b2
 class SmallCollection:
     "Every vector of a small collection in one matrix: page rows, the matrix, each page's first row, the largest norm."
-    def __init__(self, rows:list, vectors:dict, dtype:str):
-        self.rows, self.dtype = rows, dtype
+    def __init__(self, rows:list, vectors:dict, dtype:str,
+                 centroids:np.ndarray|None=None, # the pages' centroid blocks in the order of `rows`, bfloat16 bits
+                 pool:int=0 # rows per centroid block
+                ):
+        self.rows, self.dtype, self.centroids, self.pool = rows, dtype, centroids, pool
         lens = np.array([r['n_vectors'] for r in rows], np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         self.pages = [vectors[int(r['page_id'])] for r in rows]   # float16 (views of the page files on Lite)
@@ -385,10 +388,16 @@ class SmallCollection:
             self.matrix[o:o+len(f)] = bf16_bits(f) if dtype == 'bfloat16' else f
         self.norm = float(np.sqrt(sq))
 
-    def search(self, q:np.ndarray, k:int)->list[tuple[float, dict]]:
-        "The best `k` pages by exact MaxSim over every vector."
-        best, scores = rerank(q, self.pages, k, self.dtype, self.matrix, self.norm or None)
-        return [(float(s), dict(self.rows[j])) for j, s in zip(best, scores)]
+    def search(self, q:np.ndarray, k:int, n_candidates:int|None=None # rerank only this many pages, by centroids
+              )->list[tuple[float, dict]]:
+        "The best `k` pages by exact MaxSim over every vector (of the `n_candidates` best by centroids, when given)."
+        if self.centroids is None or n_candidates is None or len(self.rows) <= n_candidates:
+            best, scores = rerank(q, self.pages, k, self.dtype, self.matrix, self.norm or None)
+            return [(float(s), dict(self.rows[j])) for j, s in zip(best, scores)]
+        pick = np.sort(rank(block_maxsim(q, self.centroids, self.pool, self.dtype), n_candidates))
+        rows = np.concatenate([self.matrix[self.offsets[j]:self.offsets[j] + len(self.pages[j])] for j in pick])
+        best, scores = rerank(q, [self.pages[j] for j in pick], k, self.dtype, rows, self.norm or None)
+        return [(float(s), dict(self.rows[pick[j]])) for j, s in zip(best, scores)]
 
 @patch
 def small(self:MilvusColbertRetriever)->SmallCollection|None:
@@ -405,7 +414,12 @@ def small(self:MilvusColbertRetriever)->SmallCollection|None:
         if not fits or not rows: self._small = False; return None
         key = lambda rs: [(r['page_id'], r['n_vectors'], r['sha256'], r['offset']) for r in rs]
         if self._small is None or key(self._small.rows) != key(rows):
-            self._small = SmallCollection(rows, self.read_vectors(rows, **read), self.cand_dtype)
+            cents = {}
+            if self.files is not None:   # Lite: the centroid blocks, for a candidate stage in the matrix
+                bits, pool = self.files.centroids()[0], self.files.pool
+                slots = np.array([r['slot'] for r in rows], np.int64)
+                cents = {'centroids': bits[(slots[:, None] * pool + np.arange(pool)).ravel()], 'pool': pool}
+            self._small = SmallCollection(rows, self.read_vectors(rows, **read), self.cand_dtype, **cents)
         else: self._small.rows = rows   # metadata may change alone
     return self._small or None
 
@@ -440,7 +454,7 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
     "The best `k` pages by exact MaxSim over every vector: [(score, page row), ...], best first."
     self._require()
     q = as_matrix(query, self.dim, what='query vectors')
-    if page_ids is None and (s := self.small()) is not None: return s.search(q, k)
+    if page_ids is None and (s := self.small()) is not None: return s.search(q, k, self.n_candidates)
     read = self.consistency()
     if page_ids is not None:
         ids = list(dict.fromkeys(int(i) for i in page_ids))

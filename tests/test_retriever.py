@@ -267,3 +267,20 @@ def test_small_collections_rank_the_same_in_bfloat16_and_float32(tmp_path):
                 assert max([exact[i] for i in exact if i not in ids], default=-np.inf) <= scores[-1] + 1e-5
             assert [row["page_id"] for _, row in r16.search_pages(q, 5)][:1] == [row["page_id"] for _, row in r32.search_pages(q, 5)][:1]
     close_client(client, str(tmp_path / "m.db"))
+
+
+def test_a_small_collection_past_n_candidates_reranks_the_same_candidates_as_the_candidate_stage(tmp_path):
+    "On Lite, a small collection with more pages than n_candidates keeps the same pages, with the same scores, as the candidate stage."
+    rng = np.random.default_rng(11)
+    ds = [unit(rng, int(n)) for n in rng.integers(40, 90, 60)]
+    client = open_client(str(tmp_path / "m.db"))
+    small = MilvusColbertRetriever(client, "c", n_candidates=12)
+    small.create_collection()
+    small.add_pages(list(range(len(ds))), ds)
+    staged = MilvusColbertRetriever(client, "c", n_candidates=12, exhaustive_rows=0)
+    assert small.small() is not None and small.small().centroids is not None and staged.small() is None
+    for q in [ds[7][:10] + 0.1 * unit(rng, 10), unit(rng, 16), ds[41][:5]]:
+        a, b = small.search_pages(q, 5), staged.search_pages(q, 5)
+        assert [r["page_id"] for _, r in a] == [r["page_id"] for _, r in b]
+        np.testing.assert_allclose([s for s, _ in a], [s for s, _ in b], rtol=1e-6)
+    assert small.search_pages(ds[41][:5], 1)[0][1]["page_id"] == 41
