@@ -9,7 +9,7 @@ from .core import DimensionMismatchError
 
 # %% auto #0
 __all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'maxsim_exact', 'bf16_bits', 'bf16_tensor',
-           'block_maxsim', 'page_max', 'stacked_exact', 'rerank', 'max_norms']
+           'block_maxsim', 'page_max', 'stacked_exact', 'refined_maxsim', 'rerank', 'max_norms']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -153,6 +153,36 @@ def stacked_exact(tq, # query vectors, a float32 torch tensor (q, dim)
     if not len(pages): return np.zeros(0, np.float32)
     return page_max(tq @ torch.cat([_tensor(p) for p in pages]).float().T, [len(p) for p in pages])
 
+# %% ../nbs/04_maxsim.ipynb #d00dfeed
+def refined_maxsim(tq, # query vectors, a float32 torch tensor (q, dim)
+                   b, # the pages' rows stacked, a bfloat16 torch tensor
+                   pages:list, # the same pages as arrays (n_i, dim), float16 or float32
+                   norm:float # the largest vector norm in `pages`
+                  )->tuple[np.ndarray, int]:
+    "Exact MaxSim of each page from one bfloat16 product: only rows that may hold a maximum are scored in float32."
+    import torch
+    lens, nq, n = [len(p) for p in pages], len(tq), len(pages)
+    prod = tq.bfloat16() @ b.T   # bfloat16 out: its rounding is inside BF16_ERR
+    slack = 2 * BF16_ERR * norm * torch.linalg.vector_norm(tq, dim=1)   # 2 x the bound on |prod - exact|
+    if len(set(lens)) == 1:   # ColPali pages: one view, compared in bfloat16 against a floor rounded down
+        v = prod.view(nq, n, lens[0])
+        floor = v.amax(2).float() - slack[:, None]
+        down = floor.bfloat16()
+        down = torch.where(down.float() > floor, torch.nextafter(down, torch.full_like(down, -torch.inf)), down)
+        qi, pj, lj = torch.nonzero(v >= down[:, :, None], as_tuple=True)
+    else:
+        owner, prod = torch.repeat_interleave(torch.arange(n), torch.tensor(lens)), prod.float()
+        top = torch.full((nq, n), -torch.inf).scatter_reduce_(1, owner.expand(nq, -1), prod, 'amax')
+        qi, rj = torch.nonzero(prod >= (top - slack[:, None])[:, owner], as_tuple=True)
+        pj = owner[rj]; lj = rj - torch.tensor(np.cumsum([0] + lens[:-1]))[pj]
+    qi, pj, lj = qi.numpy(), pj.numpy(), lj.numpy()
+    order = np.argsort(pj, kind='stable'); qi, pj, lj = qi[order], pj[order], lj[order]
+    cut = np.flatnonzero(np.diff(pj)) + 1
+    rows = np.concatenate([np.asarray(pages[p[0]])[l] for p, l in zip(np.split(pj, cut), np.split(lj, cut))])
+    exact = (tq[torch.from_numpy(qi)] * torch.from_numpy(rows.astype(np.float32))).sum(1)   # the float32 dots
+    best = torch.full((nq * n,), -torch.inf).scatter_reduce_(0, torch.from_numpy(qi * n + pj), exact, 'amax')
+    return best.view(nq, n).sum(0).numpy(), len(qi)
+
 # %% ../nbs/04_maxsim.ipynb #a1b2c3d4
 def rerank(q:np.ndarray, # query vectors (q, dim), float32
            pages:list, # page arrays (n_i, dim), float16 or float32
@@ -160,29 +190,22 @@ def rerank(q:np.ndarray, # query vectors (q, dim), float32
            dtype:str='bfloat16', # screen in 'bfloat16', or score every page exactly in 'float32'
            stacked:np.ndarray|None=None, # the pages' rows stacked: bfloat16 bits, or float32 (None: stacked here)
            norm:float|None=None, # the largest vector norm in `pages` (None: computed)
-           stats:dict|None=None # if given, gets 'exact': the number of pages scored in float32
+           stats:dict|None=None # if given, gets 'refined': the (query vector, row) pairs scored in float32
           )->tuple[np.ndarray, np.ndarray]:
     "Indices of the `k` best pages by exact float32 MaxSim and their scores, best first."
     import torch
-    tq, lens = _tensor(np.ascontiguousarray(q, np.float32)), [len(p) for p in pages]
-    if dtype != 'bfloat16' or len(pages) <= k:
+    if not len(pages): return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    tq = _tensor(np.ascontiguousarray(q, np.float32))
+    if dtype != 'bfloat16':
         f32 = stacked is not None and stacked.dtype == np.float32
-        s = page_max(tq @ _tensor(stacked).T, lens) if f32 else stacked_exact(tq, pages)
-        if stats is not None: stats['exact'] = len(pages)
-        best = rank(s, k); return best, s[best]
-    b = bf16_tensor(stacked) if stacked is not None else torch.cat([_tensor(p) for p in pages]).bfloat16()
-    approx = page_max(tq.bfloat16() @ b.T, lens)
-    if norm is None: norm = float(torch.linalg.vector_norm(b, dim=1, dtype=torch.float32).max()) * (1 + 2**-8)
-    margin = BF16_ERR * norm * float(np.linalg.norm(q, axis=1).sum())   # |approx - exact| <= margin
-    order = np.argsort(-approx, kind='stable')
-    first = stacked_exact(tq, [pages[j] for j in order[:k]])   # the k best screened, exactly
-    floor = np.partition(first, -k)[-k]   # the k-th best exact score so far
-    rest = [j for j in order[k:] if approx[j] + margin >= floor]   # pages that may still beat it
-    if stats is not None: stats['exact'] = k + len(rest)
-    done = np.concatenate([order[:k], np.array(rest, np.int64)])
-    s = np.concatenate([first, stacked_exact(tq, [pages[j] for j in rest])])
+        s = page_max(tq @ _tensor(stacked).T, [len(p) for p in pages]) if f32 else stacked_exact(tq, pages)
+    else:
+        b = bf16_tensor(stacked) if stacked is not None else torch.cat([_tensor(p) for p in pages]).bfloat16()
+        if norm is None: norm = float(torch.linalg.vector_norm(b, dim=1, dtype=torch.float32).max()) * (1 + 2**-8)
+        s, n_refined = refined_maxsim(tq, b, pages, norm)
+        if stats is not None: stats['refined'] = n_refined
     best = rank(s, k)
-    return done[best], s[best]
+    return best, s[best]
 
 # %% ../nbs/04_maxsim.ipynb #c0ffee02
 def max_norms(pages:list # page arrays (n_i, dim), float16 or float32
