@@ -6,7 +6,7 @@
 from __future__ import annotations
 import numpy as np
 from pymilvus import DataType
-from .maxsim import bf16_bits, block_maxsim, rank
+from .maxsim import block_maxsim, rank
 from .store import CENTROIDS_SUFFIX, MAX_POOL, index_params
 
 # %% auto #0

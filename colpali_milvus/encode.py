@@ -8,9 +8,9 @@ import json, math, os, threading, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
-from .core import *
-from .tiny import is_tiny_random, tiny_model_path, TINY_ALIASES
-from typing import NamedTuple
+from .core import ColPaliMilvusError, ModelUnavailableError, PDFError, cpu_has_fast_bf16, positive_int
+from typing import TYPE_CHECKING, NamedTuple
+if TYPE_CHECKING: from PIL import Image
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'FAMILIES', 'UnsupportedModelError', 'EncoderOptionError', 'pick_device', 'pick_dtype',
@@ -273,6 +273,7 @@ class ColPaliEncoder:
                  batch_size:int=4, # pages or queries per forward pass
                  timeout:float=5.0 # seconds to wait for the hub before using the local cache
                 ):
+        from colpali_milvus.tiny import TINY_ALIASES, is_tiny_random, tiny_model_path   # the offline demo's models
         self.model_name = str(model)  # as given
         if str(model) in TINY_ALIASES: model = tiny_model_path(str(model))
         self.path, target, local_only = _resolve(model, timeout)  # local folder (the hub id if it will be downloaded)
@@ -302,10 +303,7 @@ class ColPaliEncoder:
         return (f"ColPaliEncoder(model={self.model_name!r}, family={self.family!r}, device={self.device!r}, dtype={self.dtype}, "
                 f"dim={self.dim}, batch_size={self.batch_size}{', TINY RANDOM' if self.is_tiny else ''})")
 
-def _check_bs(bs)->int:
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
-        raise EncoderOptionError(f"batch_size must be a positive integer, got {bs!r}.")
-    return bs
+def _check_bs(bs)->int: return positive_int(bs, 'batch_size', 'pages or queries per forward pass', EncoderOptionError)
 
 # %% ../nbs/02_encode.ipynb #ba9deea6
 _DROP_KEYS = {'labels', 'suffix'}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_rasterize.ipynb #70f2d398
 from __future__ import annotations
-import json, numbers, os, re, shutil, unicodedata, uuid, warnings
+import json, os, re, shutil, unicodedata, uuid, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from pdf2image import convert_from_path, pdfinfo_from_path
 from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFPopplerTimeoutError
-from .core import PDFError, PopplerMissingError, PageRecord, file_sha256
+from .core import PDFError, PopplerMissingError, PageRecord, file_sha256, positive_int
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PDF_EXTS', 'POPPLER_INSTALL', 'find_inputs', 'pdf_page_count', 'rasterize_pdf', 'rasterize_image',
@@ -201,16 +201,11 @@ def _runs(pages:list[int], size:int):
         else: runs.append([p, p])
     return [tuple(r) for r in runs]
 
-def _int_ok(x)->bool:
-    "Whether `x` is a positive integer (not a bool)."
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x > 0
-
 def _check_args(max_size, dpi=None, thread_count=None):
     "Raise `ValueError` for a bad `max_size`, `dpi` or `thread_count`."
-    if not _int_ok(max_size): raise ValueError(f'max_size must be a positive int (pixels), not {max_size!r}.')
+    positive_int(max_size, 'max_size', 'pixels')
     if dpi is not None and not dpi > 0: raise ValueError(f'dpi must be positive or None, not {dpi!r}.')
-    if thread_count is not None and not _int_ok(thread_count):
-        raise ValueError(f'thread_count must be a positive int or None, not {thread_count!r}.')
+    if thread_count is not None: positive_int(thread_count, 'thread_count', 'or None')
 
 # %% ../nbs/01_rasterize.ipynb #3804897e
 class _PdfiumFailed(Exception): "PDFium could not open or draw a page (poppler gets its turn)."
@@ -408,7 +403,7 @@ def render_pages(src:SourceFile, # a file checked by `probe`
                 ):
     "Render `pages` of `src`, yielding their `PageRecord`s `chunk` pages at a time (pages already rendered are reused)."
     _check_args(max_size, dpi, thread_count)
-    if chunk is not None and not _int_ok(chunk): raise ValueError(f'chunk must be a positive int or None, not {chunk!r}.')
+    if chunk is not None: positive_int(chunk, 'chunk', 'pages per batch, or None')
     want = list(range(1, src.pages+1)) if pages is None else sorted(set(int(p) for p in pages))
     if bad := [p for p in want if not 1 <= p <= src.pages]:
         raise ValueError(f'{src.path} has pages 1..{src.pages}; there is no page {bad[0]}.')

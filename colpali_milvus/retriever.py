@@ -15,7 +15,7 @@ from .store import (DeadlineClient, PageFiles, META_FIELDS, VECTORS_SUFFIX, CENT
                     blob_pk, blob_rows, check_page_id, from_blob, index_params, lite_data_dir, n_chunks, page_row,
                     pages_schema, vectors_schema)
 from .candidates import LocalCandidates, MilvusCandidates, centroid_block, page_centroids
-from .store import open_client, close_client   # the tutorial imports them from here
+from .store import open_client, close_client  # noqa: F401 (the tutorial imports them from here)
 
 # %% auto #0
 __all__ = ['candidate_dtype', 'MilvusColbertRetriever', 'SmallCollection']
