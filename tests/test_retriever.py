@@ -1,6 +1,7 @@
 """MilvusColbertRetriever on Milvus Lite: the seed notebook's calls verbatim, exact MaxSim, persistence, bad input."""
 import subprocess, sys, textwrap
 import numpy as np
+from helpers import unit
 import pytest
 from pymilvus import MilvusClient
 from colpali_milvus.core import CollectionNotFoundError, DatabaseLockedError, DimensionMismatchError
@@ -9,9 +10,6 @@ from colpali_milvus.retriever import MilvusColbertRetriever
 from colpali_milvus.store import close_client, open_client
 
 
-def unit(rng, n, d=128):
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 @pytest.fixture

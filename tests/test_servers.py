@@ -10,6 +10,7 @@ tests wait for writes to become visible (`eventually`), and `test_read_your_writ
 """
 import contextlib, json, os, shutil, signal, subprocess, sys, textwrap, threading, time
 import numpy as np
+from helpers import unit
 import pytest
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
@@ -93,9 +94,6 @@ def _apply_xfail_on(request):
 
 # ---------------------------------------------------------------- data and helpers
 
-def unit(rng, n, d=128):
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 def noisy(rng, v):
     q = v + 0.1 * unit(rng, len(v), v.shape[1])
