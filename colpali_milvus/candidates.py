@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 from pymilvus import DataType
 from .maxsim import block_maxsim, rank
-from .store import CENTROIDS_SUFFIX, MAX_POOL, index_params
+from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
 # %% auto #0
-__all__ = ['HNSW_PARAMS', 'page_centroids', 'centroid_block', 'LocalCandidates', 'centroid_pk', 'centroids_schema',
-           'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
+__all__ = ['HNSW_PARAMS', 'CENTROID_BATCH', 'page_centroids', 'centroid_block', 'LocalCandidates', 'centroid_pk',
+           'centroids_schema', 'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
 
 # %% ../nbs/05a_candidates.ipynb #437a61d5
 def page_centroids(v:np.ndarray, # a page's vectors (n, dim), unit norm
@@ -95,6 +95,7 @@ def aggregate_hits(hits:list # per query vector: [(page id, similarity), ...], b
 
 # %% ../nbs/05a_candidates.ipynb #dbfd02b3
 HNSW_PARAMS = {'M': 16, 'efConstruction': 128}
+CENTROID_BATCH = 5000   # centroid rows per insert: ~2.6 MB of float32
 
 class MilvusCandidates:
     "The candidate stage in Milvus: centroid rows in `<collection>__centroids`, searched by every query vector at once."
@@ -115,10 +116,10 @@ class MilvusCandidates:
 
     def put(self, page_ids:list, centroids:list, overwrite:bool=True # False for pages not stored yet (insert is faster)
            ):
-        "Write (or overwrite) pages' centroid rows, 5,000 rows per call."
+        "Write (or overwrite) pages' centroid rows, `CENTROID_BATCH` rows per call."
         rows = [r for pid, c in zip(page_ids, centroids) for r in centroid_rows(pid, c)]
         put = self.db.upsert if overwrite else self.db.insert
-        for s in range(0, len(rows), 5000): put(self.name, rows[s:s+5000])
+        for s in range(0, len(rows), CENTROID_BATCH): put(self.name, rows[s:s+CENTROID_BATCH])
 
     def stored(self, page_ids:list, **read)->set:
         "Those of `page_ids` that have centroid rows."
@@ -129,7 +130,7 @@ class MilvusCandidates:
     def delete(self, page_ids:list, first:dict|None=None):
         "Delete every centroid row of pages (or, with `first`, only rows from `first[page_id]` on)."
         pks = [centroid_pk(p, j) for p in page_ids for j in range((first or {}).get(p, 0), self.pool)]
-        for s in range(0, len(pks), 16384): self.db.delete(self.name, ids=pks[s:s+16384])
+        for s in range(0, len(pks), MAX_IDS): self.db.delete(self.name, ids=pks[s:s+MAX_IDS])
 
     def search(self, q:np.ndarray, # query vectors (q, dim), float32
                n:int, # pages wanted

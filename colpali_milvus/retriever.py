@@ -12,13 +12,14 @@ from pymilvus import mkts_from_unixtime
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
 from .maxsim import as_matrix, bf16_bits, block_maxsim, max_norms, rank, rerank
 from .store import (DeadlineClient, PageFiles, META_FIELDS, VECTORS_SUFFIX, CENTROIDS_SUFFIX, MAX_CHUNKS, BLOB_CHARS,
+                    BLOB_BATCH, MAX_IDS,
                     blob_pk, blob_rows, check_page_id, from_blob, index_params, lite_data_dir, n_chunks, page_row,
                     pages_schema, vectors_schema)
 from .candidates import LocalCandidates, MilvusCandidates, centroid_block, page_centroids
 from .store import open_client, close_client  # noqa: F401 (the tutorial imports them from here)
 
 # %% auto #0
-__all__ = ['candidate_dtype', 'MilvusColbertRetriever', 'SmallCollection']
+__all__ = ['FEWEST_VECTORS', 'candidate_dtype', 'MilvusColbertRetriever', 'SmallCollection']
 
 # %% ../nbs/05b_retriever.ipynb #dc9fc4ec
 def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
@@ -212,7 +213,7 @@ def add_pages(self:MilvusColbertRetriever, page_ids:list, # the pages' ids (the 
             if not part: continue
             put = self.db.insert if new else self.db.upsert
             blobs = [row for i, v, *_ in part for row in blob_rows(i, v)]
-            for s in range(0, len(blobs), 64): put(self.vectors_collection, blobs[s:s+64])
+            for s in range(0, len(blobs), BLOB_BATCH): put(self.vectors_collection, blobs[s:s+BLOB_BATCH])
             self.centroids.put([p[0] for p in part], [p[2] for p in part], overwrite=not new)
             put(self.collection_name, [page_row(i, mu, len(v), len(c), m) for i, v, c, mu, m in part])
         stale = [blob_pk(i, j) for i, v in zip(ids, vs) if i in old
@@ -253,7 +254,7 @@ def delete_pages(self:MilvusColbertRetriever, page_ids:list # pages to remove
     self.db.delete(self.collection_name, ids=ids)
     if self.files is None:
         pks = [blob_pk(r['page_id'], i) for r in rows for i in range(n_chunks(r['n_vectors'] * self.dim))]
-        for s in range(0, len(pks), 16384): self.db.delete(self.vectors_collection, ids=pks[s:s+16384])
+        for s in range(0, len(pks), MAX_IDS): self.db.delete(self.vectors_collection, ids=pks[s:s+MAX_IDS])
         self.centroids.delete([r['page_id'] for r in rows])
         for i in ids: self.cache.pop(i, None)
     self._changed()
@@ -284,8 +285,8 @@ def page_rows(self:MilvusColbertRetriever, page_ids:list, # pages wanted
     "Page rows (source, page, image_path, ...) by page id; ids that are not stored are left out."
     self._require()
     ids, rows = [int(i) for i in page_ids], []
-    for s in range(0, len(ids), 16384):
-        rows += self.db.get(self.collection_name, ids=ids[s:s+16384], output_fields=list(fields), **read)
+    for s in range(0, len(ids), MAX_IDS):
+        rows += self.db.get(self.collection_name, ids=ids[s:s+MAX_IDS], output_fields=list(fields), **read)
     return {int(r['page_id']): {k: r[k] for k in fields} for r in rows}
 
 @patch
@@ -296,10 +297,10 @@ def query_pages(self:MilvusColbertRetriever, filter:str, # a Milvus expression o
                )->list[dict]:
     "The page rows matching `filter` (only `fields` of them): one query, or batches when there are more than 16,384."
     self._require()
-    first = self.db.query(self.collection_name, filter=filter, output_fields=list(fields), limit=min(limit or 16384, 16384),
+    first = self.db.query(self.collection_name, filter=filter, output_fields=list(fields), limit=min(limit or MAX_IDS, MAX_IDS),
                           **read)
-    if len(first) < 16384 or limit == len(first): return [{k: r[k] for k in fields} for r in first]
-    it = self.db.query_iterator(self.collection_name, batch_size=16384, filter=filter, output_fields=list(fields),
+    if len(first) < MAX_IDS or limit == len(first): return [{k: r[k] for k in fields} for r in first]
+    it = self.db.query_iterator(self.collection_name, batch_size=MAX_IDS, filter=filter, output_fields=list(fields),
                                 **({'limit': limit} if limit else {}))
     rows = []
     while batch := it.next(): rows += [{k: r[k] for k in fields} for r in batch]
@@ -318,7 +319,7 @@ def all_page_ids(self:MilvusColbertRetriever)->list[int]:
 
 # %% ../nbs/05b_retriever.ipynb #55d9c678
 @patch
-def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:int=64)->dict:
+def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:int=BLOB_BATCH)->dict:
     "Vectors of pages read from their blob rows on a server (pages missing a blob row are left out)."
     pks = [blob_pk(r['page_id'], i) for r in rows for i in range(n_chunks(r['n_vectors'] * self.dim))]
     got = {}
@@ -369,6 +370,8 @@ def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned 
     return {pid: v.astype(np.float32) for pid, v in self.read_vectors(list(rows.values())).items()}
 
 # %% ../nbs/05b_retriever.ipynb #0d5d29b2
+FEWEST_VECTORS = 64   # vectors of the smallest page: a count of pages above exhaustive_rows / 64 is never small
+
 class SmallCollection:
     "Every vector of a small collection in one matrix: page rows, the matrix, each page's first row, the largest norm."
     def __init__(self, rows:list, vectors:dict, dtype:str,
@@ -408,7 +411,7 @@ def small(self:MilvusColbertRetriever)->SmallCollection|None:
         n = self.num_pages(**read)
         if self._n_pages is None or n != self._n_pages[0]: self._small = None   # pages came or went: look again
         self._n_pages = (n, now)
-        if self._small is False or n * 64 > self.exhaustive_rows: return None   # too many pages to be small
+        if self._small is False or n * FEWEST_VECTORS > self.exhaustive_rows: return None   # too many pages to be small
         rows = self.all_page_rows(META_FIELDS, **read)
         fits = sum(r['n_vectors'] for r in rows) * self.dim * 4 <= min(self.exhaustive_rows * self.dim * 4, self.memory_budget // 2)
         if not fits or not rows: self._small = False; return None

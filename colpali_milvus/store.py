@@ -13,10 +13,10 @@ from .core import ColPaliMilvusError, DatabaseLockedError, MilvusUnavailableErro
 
 # %% auto #0
 __all__ = ['DATA_CALLS', 'PAGE_FIELDS', 'META_FIELDS', 'USER_FIELDS', 'MAX_PAGE_ID', 'VECTORS_SUFFIX', 'CENTROIDS_SUFFIX',
-           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'is_local_uri', 'lite_servers', 'lite_data_dir', 'lite_locked',
-           'open_client', 'close_client', 'is_unavailable', 'DeadlineClient', 'pages_schema', 'page_row',
-           'check_page_id', 'sources_expr', 'metadata_expr', 'blob_pk', 'n_chunks', 'to_blob', 'from_blob',
-           'vectors_schema', 'blob_rows', 'PageFiles', 'index_params']
+           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'BLOB_BATCH', 'MAX_IDS', 'is_local_uri', 'lite_servers',
+           'lite_data_dir', 'lite_locked', 'open_client', 'close_client', 'is_unavailable', 'DeadlineClient',
+           'pages_schema', 'page_row', 'check_page_id', 'sources_expr', 'metadata_expr', 'blob_pk', 'n_chunks',
+           'to_blob', 'from_blob', 'vectors_schema', 'blob_rows', 'PageFiles', 'index_params']
 
 # %% ../nbs/05_store.ipynb #f8e75322
 def is_local_uri(uri:str)->bool:
@@ -187,6 +187,8 @@ def metadata_expr(where:dict)->str:
 # %% ../nbs/05_store.ipynb #955c3ccc
 BLOB_CHARS = 60_000              # base64 characters per blob row
 MAX_CHUNKS = 1024                # blob rows per page: 46 MB of float16
+BLOB_BATCH = 64                  # blob rows per insert or get: ~3.8 MB, well inside gRPC's 64 MB messages
+MAX_IDS = 16384                  # keys one get or delete names, and rows one query returns (Milvus's cap)
 
 def blob_pk(page_id:int, chunk:int)->int:
     "Primary key of blob row `chunk` of a page."
