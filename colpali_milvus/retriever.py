@@ -30,6 +30,7 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
     if dtype != 'auto': return dtype
     return 'bfloat16' if cpu_has_fast_bf16() else 'float32'
 
+# %% ../nbs/05b_retriever.ipynb #09d82706
 class MilvusColbertRetriever:
     "Multi-vector page store on Milvus with exact MaxSim ranking (interface of the Milvus ColPali notebook)."
     def __init__(self, milvus_client, # a `MilvusClient` (see `store.open_client`)
@@ -94,6 +95,7 @@ def _check_layout(self:MilvusColbertRetriever):
             f"Collection {self.collection_name!r} was written by colpali-milvus 0.1 (page vectors stored another way). "
             "Index the files again into a new collection or database, e.g. `colpali-milvus index PATH --db new.db`.")
 
+# %% ../nbs/05b_retriever.ipynb #5350489a
 @patch
 def _require(self:MilvusColbertRetriever):
     "Raise `CollectionNotFoundError` unless the collection exists, and load it (checked once per `refresh_s`)."
@@ -108,6 +110,7 @@ def _require(self:MilvusColbertRetriever):
         if str(self.db.get_load_state(n).get('state')) != 'Loaded': self.client.load_collection(n)
     self._checked = now
 
+# %% ../nbs/05b_retriever.ipynb #95605c98
 @patch
 def create_collection(self:MilvusColbertRetriever, properties:dict|None=None # string properties to record (e.g. the model)
                      ):
@@ -130,6 +133,7 @@ def create_collection(self:MilvusColbertRetriever, properties:dict|None=None # s
     self.client.load_collection(self.collection_name)
     self._changed(); self._checked = -np.inf
 
+# %% ../nbs/05b_retriever.ipynb #b264bd26
 @patch
 def _changed(self:MilvusColbertRetriever):
     "Forget what this client knows of the collection's pages; its next reads see its own writes."
@@ -186,6 +190,7 @@ def _check_pages(self:MilvusColbertRetriever, page_ids, vectors, meta)->tuple[li
         if not 0 < len(v) <= most: raise DimensionMismatchError(f"page {i} has {len(v)} vectors; need 1..{most}.")
     return ids, vs, meta
 
+# %% ../nbs/05b_retriever.ipynb #c5bfad38
 @patch
 def add_pages(self:MilvusColbertRetriever, page_ids:list, # the pages' ids (the notebook's `doc_id`s)
               vectors:list, # their vectors, one (n_i, dim) array each
@@ -200,30 +205,36 @@ def add_pages(self:MilvusColbertRetriever, page_ids:list, # the pages' ids (the 
         where = self.files.append(vs, [bf16_bits(centroid_block(c, self.pool)) for c in cents], ids)
         rows = [page_row(i, mu, len(v), len(c), m, off, slot) for i, mu, v, c, m, (off, slot) in zip(ids, means, vs, cents, meta, where)]
         self.db.upsert(self.collection_name, rows)
-    else:
-        own = {'consistency_level': 'Session'}   # sees this client's writes (and older ones) without a strong read
-        old = {r['page_id']: r for r in self.db.get(self.collection_name, ids=ids, output_fields=['n_vectors', 'n_pooled'], **own)}
-        # new pages are inserted; the others upserted (delete + insert: slower), and so are pages whose blob or
-        # centroid rows a crash left without a page row (an insert would store their keys twice)
-        left = {int(b['doc_id']) for b in self.db.get(self.vectors_collection, ids=[blob_pk(i, 0) for i in ids],
-                                                      output_fields=['doc_id'], **own)}
-        left |= self.centroids.stored([i for i in ids if i not in old and i not in left], **own)
-        for new in (True, False):
-            part = [(i, v, c, mu, m) for i, v, c, mu, m in zip(ids, vs, cents, means, meta) if (i not in old and i not in left) == new]
-            if not part: continue
-            put = self.db.insert if new else self.db.upsert
-            blobs = [row for i, v, *_ in part for row in blob_rows(i, v)]
-            for s in range(0, len(blobs), BLOB_BATCH): put(self.vectors_collection, blobs[s:s+BLOB_BATCH])
-            self.centroids.put([p[0] for p in part], [p[2] for p in part], overwrite=not new)
-            put(self.collection_name, [page_row(i, mu, len(v), len(c), m) for i, v, c, mu, m in part])
-        stale = [blob_pk(i, j) for i, v in zip(ids, vs) if i in old
-                 for j in range(n_chunks(v.size), n_chunks(old[i]['n_vectors'] * self.dim))]
-        if stale: self.db.delete(self.vectors_collection, ids=stale)
-        fewer = {i: len(c) for i, c in zip(ids, cents) if i in old and len(c) < old[i]['n_pooled']}
-        if fewer: self.centroids.delete(list(fewer), first=fewer)
-        for i in ids: self.cache.pop(i, None)
+    else: self._write_server(ids, vs, cents, means, meta)
     self._changed()
 
+# %% ../nbs/05b_retriever.ipynb #b68fe091
+@patch
+def _write_server(self:MilvusColbertRetriever, ids:list, vs:list, cents:list, means:list, meta:list):
+    "Write pages to a server: blob and centroid rows, then page rows; then drop what a smaller new version left."
+    own = {'consistency_level': 'Session'}   # sees this client's writes (and older ones) without a strong read
+    old = {r['page_id']: r for r in self.db.get(self.collection_name, ids=ids, output_fields=['n_vectors', 'n_pooled'], **own)}
+    # new pages are inserted; the others upserted (delete + insert: slower), and so are pages whose blob or
+    # centroid rows a crash left without a page row (an insert would store their keys twice)
+    left = {int(b['doc_id']) for b in self.db.get(self.vectors_collection, ids=[blob_pk(i, 0) for i in ids],
+                                                  output_fields=['doc_id'], **own)}
+    left |= self.centroids.stored([i for i in ids if i not in old and i not in left], **own)
+    for new in (True, False):
+        part = [(i, v, c, mu, m) for i, v, c, mu, m in zip(ids, vs, cents, means, meta) if (i not in old and i not in left) == new]
+        if not part: continue
+        put = self.db.insert if new else self.db.upsert
+        blobs = [row for i, v, *_ in part for row in blob_rows(i, v)]
+        for s in range(0, len(blobs), BLOB_BATCH): put(self.vectors_collection, blobs[s:s+BLOB_BATCH])
+        self.centroids.put([p[0] for p in part], [p[2] for p in part], overwrite=not new)
+        put(self.collection_name, [page_row(i, mu, len(v), len(c), m) for i, v, c, mu, m in part])
+    stale = [blob_pk(i, j) for i, v in zip(ids, vs) if i in old
+             for j in range(n_chunks(v.size), n_chunks(old[i]['n_vectors'] * self.dim))]
+    if stale: self.db.delete(self.vectors_collection, ids=stale)
+    fewer = {i: len(c) for i, c in zip(ids, cents) if i in old and len(c) < old[i]['n_pooled']}
+    if fewer: self.centroids.delete(list(fewer), first=fewer)
+    for i in ids: self.cache.pop(i, None)
+
+# %% ../nbs/05b_retriever.ipynb #67691a2a
 @patch
 def add_page(self:MilvusColbertRetriever, page_id:int, # the page's id (the notebook's `doc_id`)
              vectors, # its vectors, shape (n, dim)
@@ -243,6 +254,7 @@ def insert(self:MilvusColbertRetriever, data:dict # {"colbert_vecs": (n, dim), "
                   image_path=data.get('image_path', data.get('filepath', '')), sha256=data.get('sha256', ''),
                   metadata=data.get('metadata'))
 
+# %% ../nbs/05b_retriever.ipynb #43de2866
 @patch
 def delete_pages(self:MilvusColbertRetriever, page_ids:list # pages to remove
                 ):
@@ -270,6 +282,7 @@ def consistency(self:MilvusColbertRetriever, lag:float|None=None # seconds a rea
     at = max(time.time() - lag, self._wrote_at)   # and this client's own writes, at once
     return {'consistency_level': 'Customized', 'guarantee_timestamp': mkts_from_unixtime(at)}
 
+# %% ../nbs/05b_retriever.ipynb #89666dbb
 @patch
 def num_pages(self:MilvusColbertRetriever, **read # e.g. consistency_level='Bounded'
              )->int:
@@ -289,6 +302,7 @@ def page_rows(self:MilvusColbertRetriever, page_ids:list, # pages wanted
         rows += self.db.get(self.collection_name, ids=ids[s:s+MAX_IDS], output_fields=list(fields), **read)
     return {int(r['page_id']): {k: r[k] for k in fields} for r in rows}
 
+# %% ../nbs/05b_retriever.ipynb #66e3f8aa
 @patch
 def query_pages(self:MilvusColbertRetriever, filter:str, # a Milvus expression on page fields, e.g. 'source == "a.pdf"'
                 fields=('page_id',), # fields to read
@@ -333,6 +347,7 @@ def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:i
         if all(k in got for k in keys): out[pid] = from_blob([got[k] for k in keys], n * self.dim).reshape(n, self.dim)
     return out
 
+# %% ../nbs/05b_retriever.ipynb #81bfbc00
 @patch
 def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n_vectors, offset, sha256)
                  skip_missing:bool=False, # leave out pages whose vectors are gone (deleted by another client meanwhile)
@@ -363,6 +378,7 @@ def _trim_cache(self:MilvusColbertRetriever):
     while self.cache and held > self.memory_budget // 2:
         _, (_, v) = self.cache.popitem(last=False); held -= v.nbytes
 
+# %% ../nbs/05b_retriever.ipynb #79a595ef
 @patch
 def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned by `page_rows`
                 )->dict:
@@ -402,6 +418,7 @@ class SmallCollection:
         best, scores = rerank(q, [self.pages[j] for j in pick], k, self.dtype, rows, self.norm or None)
         return [(float(s), dict(self.rows[pick[j]])) for j, s in zip(best, scores)]
 
+# %% ../nbs/05b_retriever.ipynb #33790b61
 @patch
 def small(self:MilvusColbertRetriever)->SmallCollection|None:
     "The small collection's matrix, read again once its pages changed (None: not small)."
@@ -449,6 +466,7 @@ def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q
         if len(found) >= n or len(blocks) < ask: return found
         ask *= 2   # blocks of replaced or deleted pages took places: look further
 
+# %% ../nbs/05b_retriever.ipynb #3f48810f
 @patch
 def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
                  k:int=10, # pages to return
@@ -480,6 +498,7 @@ def max_norm(self:MilvusColbertRetriever, rows:list, pages:list)->float:
     self.norms.update(zip([key for key, _ in new], max_norms([p for _, p in new]).tolist()))
     return max((self.norms[key] for key in keys), default=0.) or None
 
+# %% ../nbs/05b_retriever.ipynb #59495b63
 @patch
 def search(self:MilvusColbertRetriever, data, # query vectors (q, dim)
            topk:int # pages to return
