@@ -15,7 +15,8 @@ if TYPE_CHECKING: from PIL import Image
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'FAMILIES', 'UnsupportedModelError', 'EncoderOptionError', 'pick_device', 'pick_dtype',
            'hub_reachable', 'resolve_model', 'Family', 'config_model_type', 'check_supported', 'to_rgb', 'load_image',
-           'TinyModelWarning', 'ColPaliEncoder', 'PatchGrid', 'vectors_per_page', 'patch_grid']
+           'TinyModelWarning', 'ColPaliEncoder', 'encode_images', 'encode_queries', 'PatchGrid', 'vectors_per_page',
+           'patch_grid']
 
 # %% ../nbs/02_encode.ipynb #0fd42673
 DEFAULT_MODEL = "vidore/colpali-v1.2" # LoRA adapter on vidore/colpaligemma-3b-pt-448-base (about 6 GB in all)
@@ -123,6 +124,7 @@ def _adapter_base(folder:Path)->str:
     if not base: raise ModelUnavailableError(f"{folder}/adapter_config.json: names no base_model_name_or_path; the adapter cannot be loaded.")
     return base
 
+# %% ../nbs/02_encode.ipynb #dbd65278
 def _fix_hint(name:str)->str:
     from huggingface_hub import constants
     base = _KNOWN_BASES.get(name)
@@ -134,6 +136,7 @@ def _fix_hint(name:str)->str:
             f"  2. download it with `--local-dir DIR` and pass that folder instead of {name!r} (--model DIR);\n"
             f"  3. give this machine access to {constants.ENDPOINT}.")
 
+# %% ../nbs/02_encode.ipynb #e03f4b23
 def _resolve(name, timeout:float=5.0)->tuple:
     "(folder or hub id for display, what to pass to from_pretrained, local_files_only) for model `name`."
     s = str(name)
@@ -198,6 +201,7 @@ def _read_json(path_or_id:str, fname:str, local_only:bool)->dict|None:
                                     "log in with `hf auth login`). Check the name.") from None
     except HfHubHTTPError as e: raise ModelUnavailableError(f"{path_or_id!r}: could not read {fname} from the hub: {e}") from None
 
+# %% ../nbs/02_encode.ipynb #011eb701
 def config_model_type(path_or_id:str, # model folder or hub id (as `_resolve` returns it)
                local_only:bool=True # use only local files
               )->str:
@@ -209,6 +213,7 @@ def config_model_type(path_or_id:str, # model folder or hub id (as `_resolve` re
         raise ModelUnavailableError(f"{path_or_id}: has neither config.json nor an adapter_config.json naming a base model.")
     return config_model_type(ad['base_model_name_or_path'], local_only)
 
+# %% ../nbs/02_encode.ipynb #cf1acebe
 _HF_NATIVE = {'colpali': 'vidore/colpali-v1.3', 'colqwen2': 'vidore/colqwen2-v1.0'}
 
 def check_supported(path_or_id:str, local_only:bool=True)->str:
@@ -244,6 +249,7 @@ def to_rgb(img)->'Image.Image':
         return Image.alpha_composite(bg, rgba).convert('RGB')
     return img.convert('RGB')
 
+# %% ../nbs/02_encode.ipynb #815bd4ed
 def load_image(x)->'Image.Image':
     "A PIL image, an image file, or an object with `.image_path`, as an 8-bit RGB PIL image."
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -350,6 +356,7 @@ def encode_images(self:ColPaliEncoder,
             bar.update(len(images[i:i+bs]))
     return res
 
+# %% ../nbs/02_encode.ipynb #cdee205f
 def encode_queries(self:ColPaliEncoder,
                    queries, # a query or a list of them
                    batch_size:int|None=None # queries per forward pass (default: the encoder's)
@@ -393,6 +400,7 @@ def _grid_shape(self:ColPaliEncoder, img)->tuple:
     if rows == 0: return side, side, 1, 1  # not split: the global image is the only one
     return rows*side, cols*side, rows, cols
 
+# %% ../nbs/02_encode.ipynb #35b0f5b8
 def vectors_per_page(self:ColPaliEncoder,
                      image # a PIL image, image path or PageRecord
                     )->int:

@@ -236,6 +236,7 @@ def _render_pdfium(path:Path, folder:Path, pages:list[int], max_size=1024, dpi=N
             for f in saving: f.result()
     finally: doc.close()
 
+# %% ../nbs/01_rasterize.ipynb #e34c88e1
 def _render_poppler(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None, password=None):
     "Render `pages` of the PDF with poppler's `pdftoppm`, `thread_count` processes at a time."
     tc = thread_count or min(4, os.cpu_count() or 1)
@@ -255,6 +256,7 @@ def _render_poppler(path:Path, folder:Path, pages:list[int], info:dict, max_size
             saving = [pool.submit(_save_png, im, folder/_page_name(first+i)) for i, im in enumerate(ims)]
         for s in saving: s.result()
 
+# %% ../nbs/01_rasterize.ipynb #c758ec93
 def _render_pdf(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None, password=None):
     "Render `pages` of the PDF at `path` into `folder` as `page-NNNN.png`: PDFium, else poppler."
     try: return _render_pdfium(path, folder, pages, max_size, dpi, thread_count or min(4, os.cpu_count() or 1), password)
