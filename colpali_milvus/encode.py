@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import ColPaliMilvusError, ModelUnavailableError, PDFError, cpu_has_fast_bf16, positive_int
+from .rasterize import to_rgb
 from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING: from PIL import Image
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'FAMILIES', 'UnsupportedModelError', 'EncoderOptionError', 'pick_device', 'pick_dtype',
-           'hub_reachable', 'resolve_model', 'Family', 'config_model_type', 'check_supported', 'to_rgb', 'load_image',
+           'hub_reachable', 'resolve_model', 'Family', 'config_model_type', 'check_supported', 'load_image',
            'TinyModelWarning', 'ColPaliEncoder', 'encode_images', 'encode_queries', 'PatchGrid', 'vectors_per_page',
            'patch_grid']
 
@@ -228,26 +229,6 @@ def check_supported(path_or_id:str, local_only:bool=True)->str:
         raise UnsupportedModelError(f"{path_or_id}: model_type {mt!r} is not supported: this version encodes with "
                                     f"{names} models, e.g. {DEFAULT_MODEL!r} or 'vidore/colqwen2-v1.0'.")
     return mt
-
-# %% ../nbs/02_encode.ipynb #b3f244ef
-def to_rgb(img)->'Image.Image':
-    "An 8-bit RGB copy of PIL image `img` (alpha over white; 16-bit/float greyscale rescaled)."
-    from PIL import Image
-    if img.mode == 'RGB': return img
-    if img.mode in ('I', 'F') or img.mode.startswith('I;16'):
-        a = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith('I;16'): a = a/257.
-        elif img.mode == 'F' and a.size and 0 <= a.min() and a.max() <= 1: a = a*255.
-        elif a.size and (a.min() < 0 or a.max() > 255):
-            lo, hi = a.min(), a.max()
-            a = (a - lo)/(hi - lo or 1.)*255.
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'L').convert('RGB')
-    if img.mode == 'P' and 'transparency' in img.info: img = img.convert('RGBA')
-    if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
-        rgba = img.convert('RGBA')
-        bg = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert('RGB')
-    return img.convert('RGB')
 
 # %% ../nbs/02_encode.ipynb #815bd4ed
 def load_image(x)->'Image.Image':

@@ -15,8 +15,8 @@ from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PD
 from .core import PDFError, PopplerMissingError, PageRecord, file_sha256, positive_int
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'PDF_EXTS', 'POPPLER_INSTALL', 'find_inputs', 'pdf_page_count', 'rasterize_pdf', 'rasterize_image',
-           'iter_inputs', 'rasterize', 'SourceFile', 'probe', 'render_pages']
+__all__ = ['IMAGE_EXTS', 'PDF_EXTS', 'POPPLER_INSTALL', 'find_inputs', 'pdf_page_count', 'rasterize_pdf', 'to_rgb',
+           'rasterize_image', 'iter_inputs', 'rasterize', 'SourceFile', 'probe', 'render_pages']
 
 # %% ../nbs/01_rasterize.ipynb #ff3c8284
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp')
@@ -281,23 +281,32 @@ def rasterize_pdf(path, # a PDF file
     if todo: _render_pdf(path, folder, todo, info, max_size, dpi, thread_count, password)
     return _records(path, folder, n, sha)
 
-# %% ../nbs/01_rasterize.ipynb #a5950b31
-def _to_rgb(im:Image.Image)->Image.Image:
-    "`im` as RGB: alpha composited on white, 16/32-bit grey scaled to 8 bits."
-    if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in im.info:
-        im = im.convert('RGBA'); bg = Image.new('RGB', im.size, 'white'); bg.paste(im, mask=im.getchannel('A')); return bg
-    if im.mode.startswith('I;16'): im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8))
-    elif im.mode in ('I', 'F'):
-        a = np.asarray(im, dtype=np.float64); lo, hi = a.min(), a.max()
-        im = Image.fromarray(((a - lo)/((hi - lo) or 1)*255).round().astype(np.uint8))
-    return im.convert('RGB')
+# %% ../nbs/01_rasterize.ipynb #rgb00001
+def to_rgb(img)->'Image.Image':
+    "An 8-bit RGB copy of PIL image `img` (alpha over white; 16-bit/float greyscale rescaled)."
+    if img.mode == 'RGB': return img
+    if img.mode in ('I', 'F') or img.mode.startswith('I;16'):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith('I;16'): a = a/257.
+        elif img.mode == 'F' and a.size and 0 <= a.min() and a.max() <= 1: a = a*255.
+        elif a.size and (a.min() < 0 or a.max() > 255):
+            lo, hi = a.min(), a.max()
+            a = (a - lo)/(hi - lo or 1.)*255.
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'L').convert('RGB')
+    if img.mode == 'P' and 'transparency' in img.info: img = img.convert('RGBA')
+    if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+        rgba = img.convert('RGBA')
+        bg = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert('RGB')
+    return img.convert('RGB')
 
+# %% ../nbs/01_rasterize.ipynb #a5950b31
 def _load_image(path:Path, max_size:int=1024)->Image.Image:
     "The image at `path`, upright, RGB, and at most `max_size` pixels on its longest side."
     try:
         with Image.open(path) as im:
             im.draft('RGB', (max_size, max_size))  # JPEG: decode at a reduced scale, still >= max_size
-            im = _to_rgb(ImageOps.exif_transpose(im))
+            im = to_rgb(ImageOps.exif_transpose(im))
     except Exception as e:
         raise PDFError(path, f'is not a readable image ({type(e).__name__}: {e}).', 'Re-export it as PNG or JPEG.') from None
     im.thumbnail((max_size, max_size), Image.LANCZOS)
