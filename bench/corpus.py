@@ -38,7 +38,8 @@ class Corpus:
         "Vectors of page i, (1030, 128) float32, unit norm."
         topics, n_bg, t, w = self.layout(i)
         r = np.random.default_rng([self.seed, 3, i])
-        bg = self.background[r.integers(0, len(self.background), n_bg)] + 0.3 * r.standard_normal((n_bg, DIM)) / np.sqrt(DIM)
+        bg = (self.background[r.integers(0, len(self.background), n_bg)]
+              + 0.3 * r.standard_normal((n_bg, DIM)) / np.sqrt(DIM))
         content = self.words[t, w] + 0.4 * r.standard_normal((len(t), DIM)) / np.sqrt(DIM)
         special = self.special + 0.05 * r.standard_normal((N_SPECIAL, DIM)) / np.sqrt(DIM)
         return _unit(np.concatenate([content, bg, special]))

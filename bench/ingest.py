@@ -6,8 +6,9 @@
 rasterize: a generated PDF (reportlab: text, a table and a drawn chart on every page). Seed = the notebook's
 `convert_from_path(pdf)` at its defaults (200 dpi, PPM, one poppler process), timed alone and with the notebook's
 `image.save(..., "PNG")` of every page; ours = `colpali_milvus.rasterize(pdf)` at its defaults (into a fresh folder each
-time, so nothing is reused). Also timed: `direct_png`, an alternative in this file that has poppler write the PNGs itself
-(`pdftoppm -png -scale-to 1024`, one process per CPU over page ranges), without PIL. Methods alternate, reps times.
+time, so nothing is reused). Also timed: `direct_png`, an alternative in this file that has poppler write the PNGs
+itself (`pdftoppm -png -scale-to 1024`, one process per CPU over page ranges), without PIL. Methods alternate, reps
+times.
 
 encode: a ColPali with the real widths of vidore/colpali-v1.2 (PaliGemma-3B: SigLIP so400m vision, width 1152,
 MLP 4304, 16 heads, 448 px images, patch 14 -> 1024 image tokens; Gemma-2B text, hidden 2048, MLP 16384, 8 heads,
@@ -19,7 +20,15 @@ offline one (as colpali_milvus.tiny builds). Seed = the notebook's loop: DataLoa
 another on the same page images; one process, one model loaded at a time.
 """
 from __future__ import annotations
-import argparse, json, os, shutil, subprocess, sys, tempfile, time
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,13 +42,14 @@ def log(*a): print(f"[{time.time()-T0:7.1f}s]", *a, flush=True)
 def make_pdf(path:Path, n_pages:int=100, seed:int=0)->Path:
     "A letter-size PDF of `n_pages` pages, each with a heading, paragraphs, a grid table and a drawn line chart."
     import random
+
+    from reportlab.graphics.charts.lineplots import LinePlot
+    from reportlab.graphics.shapes import Drawing, Rect, String
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import letter
     from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.units import inch
-    from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Table, TableStyle, Spacer
-    from reportlab.graphics.shapes import Drawing, Rect, String
-    from reportlab.graphics.charts.lineplots import LinePlot
+    from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
     rng, ss = random.Random(seed), getSampleStyleSheet()
     words = ('retrieval late interaction page image vector index latency recall query token patch model score '
              'table figure document embedding search ranking exact candidate pooling cluster memory disk').split()
@@ -49,9 +59,11 @@ def make_pdf(path:Path, n_pages:int=100, seed:int=0)->Path:
         for _ in range(3):
             story += [Paragraph(' '.join(rng.choice(words) for _ in range(70)) + '.', ss['BodyText'])]
         rows = [['model', 'MRR@10', 'latency ms', 'memory GB']] + [
-            [f"{rng.choice(words)}-{j}", f"{rng.uniform(15, 40):.1f}", str(rng.randint(10, 900)), f"{rng.uniform(1, 60):.1f}"] for j in range(6)]
+            [f"{rng.choice(words)}-{j}", f"{rng.uniform(15, 40):.1f}", str(rng.randint(10, 900)),
+             f"{rng.uniform(1, 60):.1f}"] for j in range(6)]
         t = Table(rows, colWidths=[1.6*inch, 1*inch, 1*inch, 1*inch])
-        t.setStyle(TableStyle([('GRID', (0, 0), (-1, -1), 0.5, colors.grey), ('BACKGROUND', (0, 0), (-1, 0), colors.lightblue)]))
+        t.setStyle(TableStyle([('GRID', (0, 0), (-1, -1), 0.5, colors.grey),
+                               ('BACKGROUND', (0, 0), (-1, 0), colors.lightblue)]))
         d = Drawing(6*inch, 2.2*inch)
         lp = LinePlot(); lp.x, lp.y, lp.width, lp.height = 40, 20, 5*inch, 1.7*inch
         lp.data = [[(x, rng.uniform(0, 10)) for x in range(12)] for _ in range(3)]
@@ -85,7 +97,8 @@ def direct_png(pdf, out:Path, size:int=1024, procs:int|None=None):
     step = -(-n // procs)
     def run(first):
         last = min(n, first + step - 1)
-        subprocess.run(['pdftoppm', '-png', '-scale-to', str(size), '-f', str(first), '-l', str(last), str(pdf), str(out/'page')], check=True)
+        subprocess.run(['pdftoppm', '-png', '-scale-to', str(size), '-f', str(first), '-l', str(last), str(pdf),
+                        str(out/'page')], check=True)
     with ThreadPoolExecutor(procs) as ex: list(ex.map(run, range(1, n + 1, step)))
     files = sorted(out.glob('page-*.png'))
     from PIL import Image
@@ -114,27 +127,32 @@ def bench_rasterize(a):
     base = min(times['seed convert_from_path (200 dpi, 1 process)'])
     base_save = min(times['seed convert_from_path + save PNG (the notebook)'])
     res = {m: {'best_s': min(t), 'times_s': t, 'pages_per_s': a.pages/min(t), 'page_px': sizes[m],
-               'speedup_vs_seed_convert': base/min(t), 'speedup_vs_seed_with_save': base_save/min(t)} for m, t in times.items()}
+               'speedup_vs_seed_convert': base/min(t), 'speedup_vs_seed_with_save': base_save/min(t)}
+           for m, t in times.items()}
     print(f"\n{a.pages}-page PDF, best of {a.reps} (methods alternated), {os.cpu_count()} CPUs\n")
     print("| method | page size px | pages/s | vs seed convert | vs seed convert + save |\n|---|---|---|---|---|")
     for m, r in res.items():
-        print(f"| {m} | {r['page_px'][0]}×{r['page_px'][1]} | {r['pages_per_s']:.1f} | {r['speedup_vs_seed_convert']:.2f}× | {r['speedup_vs_seed_with_save']:.2f}× |")
+        print(f"| {m} | {r['page_px'][0]}×{r['page_px'][1]} | {r['pages_per_s']:.1f} | "
+              f"{r['speedup_vs_seed_convert']:.2f}× | {r['speedup_vs_seed_with_save']:.2f}× |")
     return res
 
 # ------------------------------------------------------------------------------------------------------ encode
 
 REAL = dict(img=448, patch=14, vision=dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16),
-            text=dict(hidden_size=2048, intermediate_size=16384, num_attention_heads=8, num_key_value_heads=1, head_dim=256),
+            text=dict(hidden_size=2048, intermediate_size=16384, num_attention_heads=8, num_key_value_heads=1,
+                      head_dim=256),
             vocab=257216, proj=128)
 
 def build_model(path:Path, vision_layers:int, text_layers:int, vocab:int=REAL['vocab'])->Path:
     "Save a ColPali with vidore/colpali-v1.2's widths, the given depths and random weights (bf16) into `path`."
     import torch
-    from transformers import PaliGemmaConfig, GemmaTokenizer, SiglipImageProcessor
     from colpali_engine.models import ColPali, ColPaliProcessor
+    from transformers import GemmaTokenizer, PaliGemmaConfig, SiglipImageProcessor
+
     from colpali_milvus.tiny import _tiny_vocab
     tok = GemmaTokenizer(vocab=_tiny_vocab(), merges=[])
-    ip = SiglipImageProcessor(size={'height': REAL['img'], 'width': REAL['img']}, image_seq_length=(REAL['img']//REAL['patch'])**2)
+    ip = SiglipImageProcessor(size={'height': REAL['img'], 'width': REAL['img']},
+                              image_seq_length=(REAL['img']//REAL['patch'])**2)
     proc = ColPaliProcessor(image_processor=ip, tokenizer=tok)
     assert len(proc.tokenizer) <= vocab
     cfg = PaliGemmaConfig(
@@ -177,13 +195,15 @@ def ours_encode(model_dir, images, dtype, batch_size):
     return enc, lambda: enc.encode_images(images, progress=False)
 
 def bench_encode(a):
-    import gc, torch
+    import gc
+
+    import torch
     work = Path(tempfile.mkdtemp(prefix='ingest_enc_'))
     pdf = make_pdf(work/'p.pdf', a.pages)
     from pdf2image import convert_from_path
     images = [im.convert('RGB') for im in convert_from_path(str(pdf), size=1024)]
     model_dir = build_model(work/'model', a.vision_layers, a.text_layers, a.vocab)
-    from colpali_milvus.encode import pick_dtype, cpu_has_fast_bf16
+    from colpali_milvus.encode import cpu_has_fast_bf16, pick_dtype
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; cpu_has_fast_bf16={cpu_has_fast_bf16()}, "
         f"auto dtype on cpu = {pick_dtype('cpu')}")
     runs = [('seed loop (bf16, batch 1, model(**batch))', lambda: seed_encode(model_dir, images)),
@@ -208,23 +228,27 @@ def bench_encode(a):
         x @ w.T; t = time.perf_counter(); x @ w.T; logits_s = time.perf_counter() - t
     del x, w
     base = res[runs[0][0]]['s']
-    print(f"\nencode: {a.pages} pages ({shapes} vectors each), {a.vision_layers} vision + {a.text_layers} text layers at real "
-          f"width, vocab {a.vocab}; ours at batch_size {a.batch_size}\n")
+    print(f"\nencode: {a.pages} pages ({shapes} vectors each), {a.vision_layers} vision + {a.text_layers} text layers "
+          f"at real width, vocab {a.vocab}; ours at batch_size {a.batch_size}\n")
     print("| method | dtype | s per page | pages/s | vs seed loop | vs ours fp32 |\n|---|---|---|---|---|---|")
     fp32 = res['ours fp32']['s']
     for name, r in res.items():
-        print(f"| {name} | {r['dtype']} | {r['s']/a.pages:.2f} | {r['pages_per_s']:.3f} | {base/r['s']:.2f}× | {fp32/r['s']:.2f}× |")
+        print(f"| {name} | {r['dtype']} | {r['s']/a.pages:.2f} | {r['pages_per_s']:.3f} | {base/r['s']:.2f}× | "
+              f"{fp32/r['s']:.2f}× |")
     print(f"\nmin cosine between the seed's and our bf16 vectors: {cos:.4f}; the seed's logits product alone "
           f"(bf16, 1030×2048 by 2048×{a.vocab}): {logits_s:.2f} s per page")
     shutil.rmtree(work)
     return {'results': res, 'min_cosine_seed_vs_ours_bf16': cos, 'logits_product_s_per_page': logits_s,
-            'vision_layers': a.vision_layers, 'text_layers': a.text_layers, 'vocab': a.vocab, 'pages': a.pages, 'batch_size': a.batch_size}
+            'vision_layers': a.vision_layers, 'text_layers': a.text_layers, 'vocab': a.vocab, 'pages': a.pages,
+            'batch_size': a.batch_size}
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest='what', required=True)
-    r = sub.add_parser('rasterize'); r.add_argument('--pages', type=int, default=100); r.add_argument('--reps', type=int, default=2)
-    e = sub.add_parser('encode'); e.add_argument('--pages', type=int, default=4); e.add_argument('--batch-size', type=int, default=4)
+    r = sub.add_parser('rasterize')
+    r.add_argument('--pages', type=int, default=100); r.add_argument('--reps', type=int, default=2)
+    e = sub.add_parser('encode')
+    e.add_argument('--pages', type=int, default=4); e.add_argument('--batch-size', type=int, default=4)
     e.add_argument('--vision-layers', type=int, default=2); e.add_argument('--text-layers', type=int, default=2)
     e.add_argument('--vocab', type=int, default=REAL['vocab'])
     for p in (r, e): p.add_argument('--out', default='bench_out')

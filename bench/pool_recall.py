@@ -3,19 +3,25 @@
     .venv/bin/python bench/pool_recall.py --pages 10000          # the corpus of bench/run.py (cached in bench_out/)
 
 For every page of the corpus: exact MaxSim of each query over all its vectors (the truth), and its centroids at each
-pool size (`colpali_milvus.candidates.page_centroids`, as the retriever stores them), computed once and cached. Then each
-candidate stage is replayed: MaxSim over the centroids (float32, or bfloat16 as the engine does it on CPUs with native
-bf16) picks `n_candidates` pages, which are ranked by their exact scores; recall@10 = overlap with the exact top-10.
+pool size (`colpali_milvus.candidates.page_centroids`, as the retriever stores them), computed once and cached. Then
+each candidate stage is replayed: MaxSim over the centroids (float32, or bfloat16 as the engine does it on CPUs with
+native bf16) picks `n_candidates` pages, which are ranked by their exact scores; recall@10 = overlap with the exact
+top-10.
 """
-import argparse, sys, time
+import argparse
+import sys
+import time
 from pathlib import Path
+
 import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE)); sys.path.insert(0, str(HERE.parent))
-import run
-from colpali_milvus.candidates import page_centroids as pool_vectors
+import run  # noqa: E402  (bench/run.py, importable only after the sys.path insert above)
+
+from colpali_milvus.candidates import page_centroids as pool_vectors  # noqa: E402  (the repo root, on sys.path above)
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,16 +13,22 @@ exactly what `pool_tokens` returns, and it times `pool_tokens` itself (one threa
 Writes <out>/pooling.json and prints a markdown table.
 """
 from __future__ import annotations
-import argparse, json, sys, time
+
+import argparse
+import json
+import sys
+import time
 from pathlib import Path
+
 import numpy as np
 import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE)); sys.path.insert(0, str(HERE.parent))
-from corpus import Corpus
-from colpali_milvus.pooling import pool_tokens
+from corpus import Corpus  # noqa: E402  (bench/corpus.py, importable only after the sys.path insert above)
+
+from colpali_milvus.pooling import pool_tokens  # noqa: E402  (the repo root, on sys.path above)
 
 TOPK, BLOB_CENTROIDS = 10, 96
 T0 = time.time()
@@ -74,22 +80,28 @@ def main():
             head, tail = v[:len(v) - kl], v[len(v) - kl:]
             t = time.perf_counter(); Z = ward(head); t_link[kl] += time.perf_counter() - t
             for f in factors:
-                t = time.perf_counter(); p = np.concatenate([cut(head, Z, f), tail]); t_cut[(f, kl)] += time.perf_counter() - t
+                t = time.perf_counter(); p = np.concatenate([cut(head, Z, f), tail])
+                t_cut[(f, kl)] += time.perf_counter() - t
                 if i < a.check_pages:
-                    t = time.perf_counter(); ref = pool_tokens(v, f, keep_last=kl); t_pool[(f, kl)].append(time.perf_counter() - t)
-                    if not np.array_equal(ref, p): raise AssertionError(f"page {i}, factor {f}, keep_last {kl}: bench cut != pool_tokens")
+                    t = time.perf_counter(); ref = pool_tokens(v, f, keep_last=kl)
+                    t_pool[(f, kl)].append(time.perf_counter() - t)
+                    if not np.array_equal(ref, p):
+                        raise AssertionError(f"page {i}, factor {f}, keep_last {kl}: bench cut != pool_tokens")
                 pooled[(f, kl)][:, i], nvec[(f, kl)][i] = scores(Q, p), len(p)
         if time.time() - last > 30: last = time.time(); log(f"{i+1}/{a.pages} pages")
     top_full = np.argsort(-full, axis=1, kind='stable')[:, :TOPK]
-    res = {'pages': a.pages, 'queries': a.queries, 'seed': a.seed, 'vectors_per_page': 1030, 'check_pages': a.check_pages,
-           'unpooled': {'vectors': 1030, 'kb_f16': 1030 * 256 / 1024, 'top1_is_target': float((top_full[:, 0] == targets).mean())},
+    res = {'pages': a.pages, 'queries': a.queries, 'seed': a.seed, 'vectors_per_page': 1030,
+           'check_pages': a.check_pages,
+           'unpooled': {'vectors': 1030, 'kb_f16': 1030 * 256 / 1024,
+                        'top1_is_target': float((top_full[:, 0] == targets).mean())},
            'pooled': []}
     for (f, kl) in configs:
         top = np.argsort(-pooled[(f, kl)], axis=1, kind='stable')[:, :TOPK]
         rec = np.mean([len(set(a_) & set(b_)) / TOPK for a_, b_ in zip(top, top_full)])
         n = nvec[(f, kl)]
-        res['pooled'].append({'factor': f, 'keep_last': kl, 'vectors_mean': float(n.mean()), 'vectors_min': int(n.min()),
-                              'vectors_max': int(n.max()), 'kb_f16': float(n.mean() * 256 / 1024),
+        res['pooled'].append({'factor': f, 'keep_last': kl, 'vectors_mean': float(n.mean()),
+                              'vectors_min': int(n.min()), 'vectors_max': int(n.max()),
+                              'kb_f16': float(n.mean() * 256 / 1024),
                               'size_ratio': float(n.mean() / 1030), 'recall@10': float(rec),
                               'top1_is_target': float((top[:, 0] == targets).mean()),
                               'target_in_top10': float(np.mean([t in row for t, row in zip(targets, top)])),
@@ -99,11 +111,13 @@ def main():
     (out/'pooling.json').write_text(json.dumps(res, indent=1))
     print(f"\n{a.pages} pages, {a.queries} queries; unpooled: 1030 vectors = {1030*256/1024:.1f} KB/page (float16), "
           f"exact top-1 = target in {res['unpooled']['top1_is_target']:.0%} of queries\n")
-    print("| pool factor | keep_last | vectors per page (mean, min-max) | KB per page (float16) | size vs unpooled | recall@10 vs unpooled exact | top-1 = target | pool_tokens ms/page (1 thread) |")
+    print("| pool factor | keep_last | vectors per page (mean, min-max) | KB per page (float16) | size vs unpooled "
+          "| recall@10 vs unpooled exact | top-1 = target | pool_tokens ms/page (1 thread) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in res['pooled']:
-        print(f"| {r['factor']} | {r['keep_last']} | {r['vectors_mean']:.1f} ({r['vectors_min']}-{r['vectors_max']}) | {r['kb_f16']:.1f} | "
-              f"{r['size_ratio']:.3f} | {r['recall@10']:.3f} | {r['top1_is_target']:.0%} | {r['pool_vectors_ms_per_page']:.0f} |")
+        print(f"| {r['factor']} | {r['keep_last']} | {r['vectors_mean']:.1f} ({r['vectors_min']}-{r['vectors_max']}) | "
+              f"{r['kb_f16']:.1f} | {r['size_ratio']:.3f} | {r['recall@10']:.3f} | {r['top1_is_target']:.0%} | "
+              f"{r['pool_vectors_ms_per_page']:.0f} |")
     log(f"done -> {out/'pooling.json'}")
 
 if __name__ == '__main__': main()

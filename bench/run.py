@@ -7,14 +7,25 @@ For each size the pages are generated once (bench/corpus.py) into a float16 .npy
 runs. Each method then runs in its own child process, one after another, so its peak RSS is its own and two methods
 never hold big data at the same time:
   exact  holds every page as one float32 (P, 1030, 128) array (the in-memory brute force) + the queries;
-  seed   holds one page (float32) at a time while inserting, the queries, and whatever Milvus Lite / the seed class hold;
+  seed   holds one page (float32) at a time while inserting, the queries, and whatever Milvus Lite / the seed class
+         hold;
   ours   holds one batch of pages (float32) while inserting, the queries, and whatever Milvus Lite / the retriever hold.
 Pages are read with plain file reads (no mmap), so the page cache never counts in a child's RSS.
 Writes <out>/results.json (every number) and <out>/results.md (a table per size and the targets).
 """
 from __future__ import annotations
-import argparse, hashlib, json, os, platform, shutil, subprocess, sys, time
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
+
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +63,7 @@ def du_bytes(path:Path)->dict:
         alloc += st.st_blocks * 512; apparent += st.st_size
     return {'du': alloc, 'apparent': apparent}
 
-# ---------------------------------------------------------------------------------------------------------- corpus cache
+# ------------------------------------------------------------------------------------------------------ corpus cache
 
 def corpus_sha()->str: return hashlib.sha256((HERE/'corpus.py').read_bytes()).hexdigest()[:16]
 
@@ -116,7 +127,8 @@ def load_queries(out:Path, n:int, seed:int, nq:int):
 
 class Progress:
     "Prints a progress line at most every `every` seconds."
-    def __init__(self, what, total, every=15.0): self.what, self.total, self.every, self.t0 = what, total, every, time.time(); self.last = self.t0
+    def __init__(self, what, total, every=15.0):
+        self.what, self.total, self.every, self.t0 = what, total, every, time.time(); self.last = self.t0
     def __call__(self, done):
         now = time.time()
         if now - self.last < self.every and done < self.total: return
@@ -139,8 +151,10 @@ def topk_ids(scores:np.ndarray, k:int=TOPK)->list[int]:
     return [int(i) for i in np.lexsort((np.arange(len(scores)), -scores))[:k]]
 
 def other_brute_forces(stack:np.ndarray, queries:np.ndarray, tops:list, n:int)->dict:
-    "Median ms per query of the brute forces a user would pick, each checked against the numpy top-10 (first n queries)."
+    """Median ms per query of the brute forces a user would pick, each checked against the numpy top-10
+    (first n queries)."""
     import torch
+
     from colpali_milvus.core import cpu_has_fast_bf16
     out = {}
     flat = torch.from_numpy(stack.reshape(-1, DIM))
@@ -151,7 +165,8 @@ def other_brute_forces(stack:np.ndarray, queries:np.ndarray, tops:list, n:int)->
             agree.append(len(set(topk_ids(np.asarray(sc, np.float32))) & set(tops[j])) / TOPK)
         ms = [x * 1e3 for x in (lat[1:] or lat)]
         out[name] = dict(median_ms=float(np.median(ms)), latencies_ms=ms, top10_agreement=float(np.mean(agree)))
-        log(f"brute force {name} @ {len(stack)}: {out[name]['median_ms']:.1f} ms/query (top-10 agreement {np.mean(agree):.3f})")
+        log(f"brute force {name} @ {len(stack)}: {out[name]['median_ms']:.1f} ms/query "
+            f"(top-10 agreement {np.mean(agree):.3f})")
     def flat_maxsim(m):
         def fn(q):
             tq = torch.from_numpy(q).to(m.dtype)
@@ -163,7 +178,8 @@ def other_brute_forces(stack:np.ndarray, queries:np.ndarray, tops:list, n:int)->
     from colpali_engine.utils.processing_utils import BaseVisualRetrieverProcessor
     pages = list(torch.from_numpy(stack))
     timed('colpali-engine score_multi_vector (float32)',
-          lambda q: BaseVisualRetrieverProcessor.score_multi_vector([torch.from_numpy(q)], pages, batch_size=256)[0].numpy())
+          lambda q: BaseVisualRetrieverProcessor.score_multi_vector([torch.from_numpy(q)], pages,
+                                                                    batch_size=256)[0].numpy())
     return out
 
 def child_exact(a)->dict:
@@ -191,9 +207,11 @@ def child_exact(a)->dict:
     np.savez(a.out/'results'/f'exact_scores_{a.size}.npz', scores=all_scores, top=np.array(tops))
     brutes = other_brute_forces(stack, queries, tops, a.brute_queries)
     st = proc_status()
-    return dict(method='exact', holds=f"all {a.size} pages as one float32 array ({stack.nbytes/2**20:.0f} MB) + queries",
+    return dict(method='exact',
+                holds=f"all {a.size} pages as one float32 array ({stack.nbytes/2**20:.0f} MB) + queries",
                 build_s=build, first_search_s=lat[0], insert_s=build, latencies_ms=[x*1e3 for x in (lat[1:] or lat)],
-                timed_from=1, top=tops, peak_rss_mb=st['VmHWM'], base_rss_mb=base['VmRSS'], children_rss_mb=children_rss_mb(),
+                timed_from=1, top=tops, peak_rss_mb=st['VmHWM'], base_rss_mb=base['VmRSS'],
+                children_rss_mb=children_rss_mb(),
                 disk=None, n_queries=len(queries), maxsim_crosscheck_maxabs=check, brute_forces=brutes,
                 exact_top1_is_target=float(np.mean([t[0] == g for t, g in zip(tops, targets)])),
                 target_in_exact_top10=float(np.mean([g in t for t, g in zip(tops, targets)])))
@@ -204,8 +222,8 @@ def fresh_dir(p:Path):
 
 def child_seed(a)->dict:
     import seed_retriever
-    from seed_retriever import MilvusColbertRetriever
     from pymilvus import MilvusClient
+    from seed_retriever import MilvusColbertRetriever
     pages = Pages(cache_paths(a.out, a.size, a.seed)[0])
     nq = min(a.queries, a.seed_queries if a.size > 200 else a.queries)
     queries, _ = load_queries(a.out, a.size, a.seed, nq)
@@ -227,10 +245,12 @@ def child_seed(a)->dict:
     t_flush = None
     if not a.seed_no_flush:
         # Not in the notebook: without a flush the freshly inserted rows stay in Milvus Lite's memtable, where each of
-        # the seed's per-page `query(filter="doc_id in [..]")` calls takes ~5x longer (first search > 10 min at 200 pages).
-        # Flushing makes the seed faster, so every ratio against it is conservative. --seed-no-flush measures it literally.
+        # the seed's per-page `query(filter="doc_id in [..]")` calls takes ~5x longer (first search > 10 min at 200
+        # pages). Flushing makes the seed faster, so every ratio against it is conservative. --seed-no-flush measures
+        # it literally.
         t = time.time(); client.flush(collection_name='colpali'); t_flush = time.time() - t
-    log(f"seed {a.size}: inserted in {t_insert:.1f}s" + (f", flushed in {t_flush:.1f}s" if t_flush is not None else ", no flush")
+    log(f"seed {a.size}: inserted in {t_insert:.1f}s"
+        + (f", flushed in {t_flush:.1f}s" if t_flush is not None else ", no flush")
         + "; first search (warm-up) ...")
     tops, lat = [], []
     q_t0 = time.time()
@@ -241,7 +261,8 @@ def child_seed(a)->dict:
     for j in range(1, nq):
         spent = time.time() - q_t0; per_q = float(np.mean(lat)) if lat else first
         if spent + per_q > a.seed_query_budget_s:
-            stopped = (f"seed query budget (--seed-query-budget-s {a.seed_query_budget_s:.0f}) reached: {j} of {nq} queries run "
+            stopped = (f"seed query budget (--seed-query-budget-s {a.seed_query_budget_s:.0f}) reached: "
+                       f"{j} of {nq} queries run "
                        f"({j-1} timed after the warm-up; {spent:.0f}s spent, next one expected to take {per_q:.0f}s)")
             log(f"seed {a.size}: {stopped}"); break
         t = time.time(); res = r.search(queries[j], topk=TOPK); lat.append(time.time() - t)
@@ -249,20 +270,23 @@ def child_seed(a)->dict:
         log(f"  seed {a.size} query {j}/{nq-1}: {lat[-1]:.1f}s")
     lat_note = None
     if not lat:
-        lat = [first]; lat_note = "no query fitted the budget after the warm-up: its median latency is the warm-up query's"
+        lat = [first]
+        lat_note = "no query fitted the budget after the warm-up: its median latency is the warm-up query's"
     st = proc_status(); ch = children_rss_mb()
     client.close()
     from milvus_lite.server_manager import server_manager_instance
     server_manager_instance.release_server(str(Path(db).absolute()))
     disk = du_bytes(d)
-    return dict(method='seed', holds="64 pages float32 at a time while inserting (34 MB) + queries + Milvus Lite in-process",
-                build_s=build, create_s=t_create, insert_s=t_insert, flush_s=t_flush, first_search_s=first, latency_note=lat_note,
-                latencies_ms=[x*1e3 for x in lat], timed_from=1, top=tops, n_queries=len(tops), query_budget_note=stopped,
+    return dict(method='seed',
+                holds="64 pages float32 at a time while inserting (34 MB) + queries + Milvus Lite in-process",
+                build_s=build, create_s=t_create, insert_s=t_insert, flush_s=t_flush, first_search_s=first,
+                latency_note=lat_note, latencies_ms=[x*1e3 for x in lat], timed_from=1, top=tops, n_queries=len(tops),
+                query_budget_note=stopped,
                 peak_rss_mb=st['VmHWM'], base_rss_mb=base['VmRSS'], children_rss_mb=ch, disk=disk, db=str(d))
 
 def child_ours(a)->dict:
     from colpali_milvus.retriever import MilvusColbertRetriever
-    from colpali_milvus.store import open_client, close_client
+    from colpali_milvus.store import close_client, open_client
     kw = json.loads(a.ours_kwargs or '{}')
     pages = Pages(cache_paths(a.out, a.size, a.seed)[0])
     queries, _ = load_queries(a.out, a.size, a.seed, a.queries)
@@ -301,7 +325,8 @@ def child_ours(a)->dict:
     return dict(method='ours', kwargs=kw, reused_db=reuse, insert_api='add_pages' if batch_api else 'add_page',
                 holds=("the queries + Milvus Lite in-process + the retriever's own caches (database reused, no inserts)"
                        if reuse else f"{a.batch_pages} pages float32 at a time while inserting "
-                       f"({a.batch_pages*NV*DIM*4/2**20:.0f} MB) + queries + Milvus Lite in-process + the retriever's own caches"),
+                       f"({a.batch_pages*NV*DIM*4/2**20:.0f} MB) + queries + Milvus Lite in-process "
+                       "+ the retriever's own caches"),
                 build_s=None if reuse else build, open_s=build if reuse else None, create_s=t_create, insert_s=t_insert,
                 first_search_s=first, latencies_ms=[x*1e3 for x in lat], timed_from=1, top=tops, n_queries=len(tops),
                 peak_rss_mb=st['VmHWM'], base_rss_mb=base['VmRSS'], children_rss_mb=ch, disk=disk, db=str(d))
@@ -317,7 +342,8 @@ def run_child(a, method:str, size:int, extra:list=(), tag:str='')->dict|None:
            '--brute-queries', str(a.brute_queries),
            *(['--seed-no-flush'] if a.seed_no_flush else []),
            '--child-json', str(out_json), *extra]
-    env = dict(os.environ, BENCH_T0=str(T0), PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get('PYTHONPATH', '')]))
+    env = dict(os.environ, BENCH_T0=str(T0),
+               PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get('PYTHONPATH', '')]))
     t = time.time()
     log(f"--- {method}{tag} @ {size} pages: child starts")
     try: rc = subprocess.run(cmd, env=env, timeout=a.child_timeout_s or None).returncode
@@ -348,7 +374,8 @@ def summarize(r:dict, exact:dict|None, size:int):
 def project_seed(measured:dict, size:int, base_size:int)->dict:
     "Seed numbers for a size it was not run at, scaled linearly in pages from a measured run (a lower bound)."
     f = size / base_size
-    build = measured['create_s'] + (measured['insert_s'] + (measured.get('flush_s') or 0) + measured['first_search_s']) * f
+    build = (measured['create_s']
+             + (measured['insert_s'] + (measured.get('flush_s') or 0) + measured['first_search_s']) * f)
     return dict(method='seed', skipped=True, projected_from=base_size,
                 build_s=build, median_ms=(measured['median_ms'] or measured['first_search_s'] * 1e3) * f,
                 # RSS: assume the seed's peak does not grow with the corpus (a lower bound, so conservative for targets)
@@ -373,7 +400,8 @@ def table(size:int, res:dict)->str:
     ex, sd = res.get('exact'), res.get('seed')
     rows = [res.get('exact'), sd] + [res.get('ours')] + res.get('sweep', [])
     h = ("| method | build s | build ratio vs seed | median query ms | latency ratio (exact ms / ms) | recall@10 | "
-         "peak RSS MB | RSS per page KB | disk per page KB | disk ratio vs seed | first search s | ΔRSS per page KB | queries |")
+         "peak RSS MB | RSS per page KB | disk per page KB | disk ratio vs seed | first search s | ΔRSS per page KB "
+         "| queries |")
     lines = [f"### {size} pages", '', h, '|' + '---|' * (h.count('|') - 1)]
     for r in rows:
         if not r: continue
@@ -381,7 +409,8 @@ def table(size:int, res:dict)->str:
         if r.get('failed'): lines.append(f"| {name} | FAILED: {r['failed']} |" + ' |' * 12); continue
         proj = '~' if r.get('skipped') else ''
         vs_seed = '~' if sd and sd.get('skipped') else ''   # ratios against a projected seed are projections too
-        if r.get('skipped'): name += f" (NOT RUN: projected from {r.get('projected_label', str(r['projected_from']) + ' pages')})"
+        if r.get('skipped'):
+            name += f" (NOT RUN: projected from {r.get('projected_label', str(r['projected_from']) + ' pages')})"
         seed_build = sd.get('build_s') if sd and not sd.get('failed') else None
         b = r.get('build_s')
         br = (seed_build / b) if (seed_build and b and r is not sd) else (1.0 if r is sd and b else None)
@@ -392,9 +421,11 @@ def table(size:int, res:dict)->str:
         else: b_s, br_s = fmt(b, '.2f', proj), fmt(br, '.1f', vs_seed) + ('×' if br else '')
         lines.append('| ' + ' | '.join([
             name, b_s, br_s, fmt(r.get('median_ms'), '.1f', proj), fmt(lr, '.2f', proj) + ('×' if lr else ''),
-            fmt(r.get('recall@10'), '.3f'), fmt(r.get('peak_rss_mb'), '.0f'), fmt(r.get('rss_per_page_kb'), '.0f', proj),
+            fmt(r.get('recall@10'), '.3f'), fmt(r.get('peak_rss_mb'), '.0f'),
+            fmt(r.get('rss_per_page_kb'), '.0f', proj),
             'n/a (in memory)' if r['method'] == 'exact' else fmt(r.get('disk_per_page_kb'), '.0f', proj),
-            fmt(dr, '.2f', vs_seed), fmt(r.get('first_search_s'), '.2f'), fmt(r.get('delta_rss_per_page_kb'), '.0f', proj),
+            fmt(dr, '.2f', vs_seed), fmt(r.get('first_search_s'), '.2f'),
+            fmt(r.get('delta_rss_per_page_kb'), '.0f', proj),
             str(r.get('n_queries', 'n/a'))]) + ' |')
     lines.append('')
     seen = set()
@@ -405,22 +436,28 @@ def table(size:int, res:dict)->str:
         if r and r.get('latency_note'): lines.append(f"- seed: {r['latency_note']}.")
         if r and r['method'] == 'seed' and not r.get('skipped') and not r.get('failed'):
             lines.append(f"- seed build = create {r['create_s']:.1f}s + inserts {r['insert_s']:.1f}s + "
-                         + (f"flush {r['flush_s']:.1f}s (added by the bench, not in the notebook) + " if r.get('flush_s') is not None else '')
+                         + (f"flush {r['flush_s']:.1f}s (added by the bench, not in the notebook) + "
+                            if r.get('flush_s') is not None else '')
                          + f"first search {r['first_search_s']:.1f}s.")
         if r and r['method'] == 'ours' and not r.get('failed') and not r.get('reused_db'):
-            lines.append(f"- ours{' ' + json.dumps(r['kwargs']) if r.get('kwargs') else ''} build = open+create {r['create_s']:.1f}s + "
+            lines.append(f"- ours{' ' + json.dumps(r['kwargs']) if r.get('kwargs') else ''} build = "
+                         f"open+create {r['create_s']:.1f}s + "
                          f"inserts ({r['insert_api']}) {r['insert_s']:.1f}s + "
                          f"first search {r['first_search_s']:.2f}s.")
-        if r and r.get('skipped'): lines.append(f"- seed NOT RUN at {size} pages: {r['why']}. Projection: build and query "
-                                                 f"time scaled linearly in pages from {r.get('projected_label', 'the ' + str(r['projected_from']) + '-page run')} "
-                                                 "(a lower bound: every seed rerank fetch filters the whole collection); "
-                                                 "disk per page copied from that run; peak RSS assumed not to grow "
-                                                 "(lower bound), i.e. that run's peak / pages.")
+        if r and r.get('skipped'):
+            lines.append(f"- seed NOT RUN at {size} pages: {r['why']}. Projection: build and query "
+                         "time scaled linearly in pages from "
+                         f"{r.get('projected_label', 'the ' + str(r['projected_from']) + '-page run')} "
+                         "(a lower bound: every seed rerank fetch filters the whole collection); "
+                         "disk per page copied from that run; peak RSS assumed not to grow "
+                         "(lower bound), i.e. that run's peak / pages.")
     walls = [f"{x['method']}{' ' + json.dumps(x['kwargs']) if x.get('kwargs') else ''} {x['child_wall_s']:.0f}s"
              for x in rows if x and x.get('child_wall_s') is not None]
-    lines.append(f"- wall time: corpus (generate or load cache) {res.get('corpus_s', 0):.0f}s; " + '; '.join(walls) + '.')
+    lines.append(f"- wall time: corpus (generate or load cache) {res.get('corpus_s', 0):.0f}s; "
+                 + '; '.join(walls) + '.')
     if ex and ex.get('exact_top1_is_target') is not None:
-        lines.append(f"- corpus sanity: exact top-1 is the query's target page in {ex['exact_top1_is_target']:.0%} of queries "
+        lines.append(f"- corpus sanity: exact top-1 is the query's target page in {ex['exact_top1_is_target']:.0%} "
+                     "of queries "
                      f"(in top-10: {ex['target_in_exact_top10']:.0%}).")
     return '\n'.join(lines)
 
@@ -432,22 +469,26 @@ def targets(res:dict)->list[str]:
         recs = {n: o.get('recall@10') for n, o in ours.items()}
         s = ', '.join(f"{n}: {v:.3f}" for n, v in recs.items() if v is not None)
         missing = [n for n in (200, 2000, 10000) if n not in ours]
-        verdict = 'NOT EVALUATED (no exact run)' if any(v is None for v in recs.values()) else ok(all(v >= 0.99 for v in recs.values()))
+        verdict = ('NOT EVALUATED (no exact run)' if any(v is None for v in recs.values())
+                   else ok(all(v >= 0.99 for v in recs.values())))
         out.append(f"- recall@10 ≥ 0.99 at every size: {verdict} ({s})"
                    + (f"; sizes not run: {missing}" if missing else ''))
     else: out.append("- recall@10 ≥ 0.99 at every size: NOT EVALUATED (ours did not run)")
     for n, need in ((200, 1.5), (2000, 8.0), (10000, 8.0)):   # against the fastest brute force of the same run
         r = res.get(n, {}); o, e = r.get('ours'), r.get('exact')
-        if not (o and e and o.get('median_ms')): out.append(f"- ≥{need}× faster than the fastest brute force at {n} pages: NOT EVALUATED"); continue
+        if not (o and e and o.get('median_ms')):
+            out.append(f"- ≥{need}× faster than the fastest brute force at {n} pages: NOT EVALUATED"); continue
         bf = {'numpy float32': e['median_ms'], **{k: v['median_ms'] for k, v in (e.get('brute_forces') or {}).items()}}
         name = min(bf, key=bf.get); x = bf[name] / o['median_ms']
-        out.append(f"- ≥{need}× faster than the fastest brute force at {n} pages: {ok(x >= need)} (ours {o['median_ms']:.1f} ms "
-                   f"vs {name} {bf[name]:.1f} ms = {x:.2f}×; all: " + ', '.join(f"{k} {v:.1f} ms" for k, v in bf.items()) + ")")
+        out.append(f"- ≥{need}× faster than the fastest brute force at {n} pages: {ok(x >= need)} "
+                   f"(ours {o['median_ms']:.1f} ms vs {name} {bf[name]:.1f} ms = {x:.2f}×; all: "
+                   + ', '.join(f"{k} {v:.1f} ms" for k, v in bf.items()) + ")")
     for n, need, what in ():
         r = res.get(n, {}); o, e = r.get('ours'), r.get('exact')
         if o and e and o.get('median_ms') and e.get('median_ms'):
             x = e['median_ms'] / o['median_ms']
-            out.append(f"- {what}: {ok(x >= need)} (ours {o['median_ms']:.1f} ms vs brute force {e['median_ms']:.1f} ms = {x:.2f}×)")
+            out.append(f"- {what}: {ok(x >= need)} (ours {o['median_ms']:.1f} ms vs brute force "
+                       f"{e['median_ms']:.1f} ms = {x:.2f}×)")
         else: out.append(f"- {what}: NOT EVALUATED ({n} pages not run)")
     for key, name, need, cmp in (('build_s', 'build ≥10× faster than seed', 10.0, 'ratio'),
                                  ('rss_per_page_kb', 'peak RSS per page ≤ ½ of seed', 0.5, 'frac'),
@@ -455,7 +496,8 @@ def targets(res:dict)->list[str]:
         meas, proj = [], []
         for n, r in res.items():
             o, s = r.get('ours'), r.get('seed')
-            if not o or not s or o.get('failed') or s.get('failed') or o.get(key) is None or s.get(key) is None: continue
+            if not o or not s or o.get('failed') or s.get('failed') or o.get(key) is None or s.get(key) is None:
+                continue
             v = s[key] / o[key] if cmp == 'ratio' else o[key] / s[key]
             good = v >= need if cmp == 'ratio' else v <= need
             txt = (f"{n}: seed {s[key]:.1f} / ours {o[key]:.1f} = {v:.1f}×" if cmp == 'ratio'
@@ -463,14 +505,18 @@ def targets(res:dict)->list[str]:
             (proj if s.get('skipped') else meas).append((good, txt))
         if meas:
             out.append(f"- {name}: {ok(all(g for g, _ in meas))} (measured: {'; '.join(t for _, t in meas)})"
-                       + (f"; against projected seed numbers: {'; '.join(t + (' ok' if g else ' NOT ok') for g, t in proj)}" if proj else ''))
+                       + (f"; against projected seed numbers: "
+                          f"{'; '.join(t + (' ok' if g else ' NOT ok') for g, t in proj)}" if proj else ''))
         else: out.append(f"- {name}: NOT EVALUATED (no size with both seed and ours measured)"
-                         + (f"; against projected seed numbers: {'; '.join(t + (' ok' if g else ' NOT ok') for g, t in proj)}" if proj else ''))
+                         + (f"; against projected seed numbers: "
+                            f"{'; '.join(t + (' ok' if g else ' NOT ok') for g, t in proj)}" if proj else ''))
     return out
 
 def default_sweep()->list[dict]:
-    "A few settings of the retriever's parameters that exist in its constructor today (one parameter changed at a time)."
+    """A few settings of the retriever's parameters that exist in its constructor today
+    (one parameter changed at a time)."""
     import inspect
+
     from colpali_milvus.retriever import MilvusColbertRetriever
     params = inspect.signature(MilvusColbertRetriever.__init__).parameters
     search_time = {'n_candidates': [25, 50, 200, 400], 'hits_per_vector': [16, 32, 128]}   # reuse the built database
@@ -484,9 +530,12 @@ def main(argv=None):
     ap.add_argument('--queries', type=int, default=30, help='queries per size (the first is the warm-up)')
     ap.add_argument('--out', type=Path, default=Path('bench_out'))
     ap.add_argument('--seed', type=int, default=0, help='corpus seed')
-    ap.add_argument('--brute-queries', type=int, default=6, help='queries timed for each extra brute force (torch, colpali-engine)')
-    ap.add_argument('--methods', default='exact,seed,ours', help='subset of exact,seed,ours (exact is needed for recall)')
-    ap.add_argument('--seed-max-pages', type=int, default=200, help='run the seed only up to this size; larger: projected')
+    ap.add_argument('--brute-queries', type=int, default=6,
+                    help='queries timed for each extra brute force (torch, colpali-engine)')
+    ap.add_argument('--methods', default='exact,seed,ours',
+                    help='subset of exact,seed,ours (exact is needed for recall)')
+    ap.add_argument('--seed-max-pages', type=int, default=200,
+                    help='run the seed only up to this size; larger: projected')
     ap.add_argument('--seed-queries', type=int, default=5, help='queries for the seed above 200 pages')
     ap.add_argument('--seed-query-budget-s', type=float, default=240.0,
                     help='seconds of seed searching (warm-up included) after which no further seed query is started')
@@ -499,7 +548,8 @@ def main(argv=None):
     ap.add_argument('--sweep-rebuild-max-pages', type=int, default=2000,
                     help='sweep settings that need a rebuild run only up to this size')
     ap.add_argument('--batch-pages', type=int, default=64, help='pages read (and given to add_pages) per batch')
-    ap.add_argument('--child-timeout-s', type=float, default=0, help='kill a child after this many seconds (0: no limit)')
+    ap.add_argument('--child-timeout-s', type=float, default=0,
+                    help='kill a child after this many seconds (0: no limit)')
     ap.add_argument('--keep-dbs', action='store_true', help='keep the Milvus databases under <out>/db')
     ap.add_argument('--child', help=argparse.SUPPRESS); ap.add_argument('--size', type=int, help=argparse.SUPPRESS)
     ap.add_argument('--child-json', type=Path, help=argparse.SUPPRESS)
@@ -518,11 +568,14 @@ def main(argv=None):
     sizes = [int(s) for s in a.sizes.split(',') if s.strip()]
     methods = [m.strip() for m in a.methods.split(',')]
     (a.out/'results').mkdir(parents=True, exist_ok=True)
-    import pymilvus, milvus_lite
+    import milvus_lite
+    import pymilvus
     env = dict(python=platform.python_version(), numpy=np.__version__, pymilvus=pymilvus.__version__,
                milvus_lite=getattr(milvus_lite, '__version__', '?'), cpus=os.cpu_count(),
-               mem_gb=round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1), machine=platform.platform())
-    git = subprocess.run(['git', '-C', str(HERE.parent), 'describe', '--always', '--dirty'], capture_output=True, text=True).stdout.strip()
+               mem_gb=round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1),
+               machine=platform.platform())
+    git = subprocess.run(['git', '-C', str(HERE.parent), 'describe', '--always', '--dirty'],
+                         capture_output=True, text=True).stdout.strip()
     import colpali_milvus.retriever as _ret
     env['retriever_py_sha256'] = hashlib.sha256(Path(_ret.__file__).read_bytes()).hexdigest()[:16]
     log(f"bench: sizes {sizes}, {a.queries} queries, methods {methods}, out {a.out}; {env}")
@@ -531,8 +584,9 @@ def main(argv=None):
     for n in sizes:
         log(f"=== {n} pages ===")
         t = time.time()
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), '--child', 'corpus', '--size', str(n), '--out', str(a.out),
-                        '--queries', str(a.queries), '--seed', str(a.seed)], check=True, env=dict(os.environ, BENCH_T0=str(T0)))
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), '--child', 'corpus', '--size', str(n),
+                        '--out', str(a.out), '--queries', str(a.queries), '--seed', str(a.seed)],
+                       check=True, env=dict(os.environ, BENCH_T0=str(T0)))
         r = res[n] = {'corpus_s': time.time() - t}
         if 'exact' in methods: r['exact'] = summarize(run_child(a, 'exact', n), None, n)
         ex = r.get('exact') if r.get('exact') and not r['exact'].get('failed') else None
@@ -543,12 +597,14 @@ def main(argv=None):
                 if not r['seed'].get('failed'): seed_ref = (n, r['seed'])
             elif seed_ref or (seed_ref := earlier_seed(a)):
                 r['seed'] = project_seed(seed_ref[1], n, seed_ref[0])
-                if seed_ref[1].get('earlier_run'): r['seed']['projected_label'] = f"an earlier run's {seed_ref[0]}-page seed result"
+                if seed_ref[1].get('earlier_run'):
+                    r['seed']['projected_label'] = f"an earlier run's {seed_ref[0]}-page seed result"
                 r['seed']['why'] = f"{n} pages > --seed-max-pages {a.seed_max_pages}"
                 log(f"seed @ {n}: SKIPPED ({r['seed']['why']}); projected from the {seed_ref[0]}-page run: "
                     f"build ≈ {r['seed']['build_s']:.0f}s, query ≈ {r['seed']['median_ms']/1e3:.0f}s")
             else:
-                r['seed'] = dict(method='seed', failed=f"not run: {n} pages > --seed-max-pages {a.seed_max_pages} and no "
+                r['seed'] = dict(method='seed',
+                                 failed=f"not run: {n} pages > --seed-max-pages {a.seed_max_pages} and no "
                                  "smaller seed run to project from")
                 log(f"seed @ {n}: SKIPPED ({r['seed']['failed']})")
             if not a.keep_dbs: shutil.rmtree(a.out/'db'/f'seed_{n}', ignore_errors=True)
@@ -559,7 +615,8 @@ def main(argv=None):
             for i, kw in enumerate(sweep if not r['ours'].get('failed') else []):
                 kw = dict(kw); rebuild = kw.pop('_rebuild', False)
                 if rebuild and n > a.sweep_rebuild_max_pages:
-                    log(f"sweep {kw} @ {n}: skipped (needs a rebuild; {n} > --sweep-rebuild-max-pages {a.sweep_rebuild_max_pages})")
+                    log(f"sweep {kw} @ {n}: skipped (needs a rebuild; "
+                        f"{n} > --sweep-rebuild-max-pages {a.sweep_rebuild_max_pages})")
                     continue
                 merged = {**json.loads(a.ours_kwargs or '{}'), **kw}
                 sr = run_child(a, 'ours', n, ['--ours-kwargs', json.dumps(merged)] +
@@ -575,16 +632,17 @@ def main(argv=None):
 
 def write(a, res, env, git, sizes)->str:
     tg = targets(res)
-    md = [f"# Retrieval benchmark ({', '.join(map(str, sizes))} pages; {a.queries} queries; corpus seed {a.seed}; git {git})", '',
+    md = [f"# Retrieval benchmark ({', '.join(map(str, sizes))} pages; {a.queries} queries; "
+          f"corpus seed {a.seed}; git {git})", '',
           f"Machine: {env['cpus']} CPUs, {env['mem_gb']} GB RAM; numpy {env['numpy']}, pymilvus {env['pymilvus']}, "
           f"milvus-lite {env['milvus_lite']}; colpali_milvus/retriever.py sha256 {env['retriever_py_sha256']}.", '',
           "Build: everything from opening the database until the first search has answered (that first search, the "
           "warm-up, is also shown alone). Median query: over the queries after the warm-up. Recall@10: overlap of the "
-          "top-10 with the exact brute force's top-10, over all queries (warm-up included). build ratio = seed build s / "
-          "method build s; latency ratio = brute force median ms / method median ms; disk ratio = method / seed. "
-          "Peak RSS: VmHWM of the method's own child process (everything it holds, corpus included). RSS per page = peak "
-          "RSS / pages; ΔRSS per page = (peak − RSS after imports) / pages. Disk: allocated bytes (du) of everything "
-          "written in the method's database directory. ~ = projected, not measured.", '']
+          "top-10 with the exact brute force's top-10, over all queries (warm-up included). build ratio = seed build "
+          "s / method build s; latency ratio = brute force median ms / method median ms; disk ratio = method / seed. "
+          "Peak RSS: VmHWM of the method's own child process (everything it holds, corpus included). RSS per page = "
+          "peak RSS / pages; ΔRSS per page = (peak − RSS after imports) / pages. Disk: allocated bytes (du) of "
+          "everything written in the method's database directory. ~ = projected, not measured.", '']
     for n in sizes:
         if n in res: md += [table(n, res[n]), '']
     md += ['## Targets', ''] + tg

@@ -12,9 +12,18 @@ first answer, then 100 more queries, and reads RssAnon/RssFile from /proc/self/s
 first answer and after the last. Results go to <out>/<backend>_<pages>.json.
 """
 from __future__ import annotations
-import argparse, json, os, subprocess, sys, tempfile, time
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
+
 import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent/'tests')]
 TOPK = 10
@@ -67,8 +76,9 @@ def wait_for_indexes(client, names, timeout:float=3600):
 
 def build(a, uri:str, server_pid:int|None)->dict:
     from corpus import Corpus
+
     from colpali_milvus.retriever import MilvusColbertRetriever
-    from colpali_milvus.store import open_client, close_client
+    from colpali_milvus.store import close_client, open_client
     c = Corpus(a.pages, a.seed)
     queries = [c.query(j) for j in range(a.queries)]
     Q = np.stack([q for q, _ in queries]).astype(np.float32)
@@ -80,13 +90,18 @@ def build(a, uri:str, server_pid:int|None)->dict:
     for s in range(0, a.pages, 64):
         e = min(s + 64, a.pages)
         batch = c.pages(s, e)
-        meta = [dict(source=f'/corpus/doc{i // 10:05d}.pdf', page=i % 10 + 1, metadata={'topic': i % 50}) for i in range(s, e)]
+        meta = [dict(source=f'/corpus/doc{i // 10:05d}.pdf', page=i % 10 + 1, metadata={'topic': i % 50})
+                for i in range(s, e)]
         t = time.time(); r.add_pages(list(range(s, e)), batch, meta); t_add += time.time() - t
         h = np.stack(batch).astype(np.float16).astype(np.float32)             # exact MaxSim over what is stored
-        exact[:, s:e] = np.stack([(Q.reshape(-1, Q.shape[-1]) @ p.T).reshape(len(Q), -1, p.shape[0]).max(2).sum(1) for p in h], 1)
+        exact[:, s:e] = np.stack([(Q.reshape(-1, Q.shape[-1]) @ p.T).reshape(len(Q), -1, p.shape[0]).max(2).sum(1)
+                                  for p in h], 1)
         if s // 64 % 25 == 0:
-            print(f"  built {e}/{a.pages} pages, {e / t_add:.1f} pages/s (add_pages only), {time.time() - t0:.0f} s", flush=True)
-            if server_pid: server_peak = max(server_peak, tree_rss_mb(server_pid), key=lambda d: d.get('anon_mb', 0) + d.get('file_mb', 0))
+            print(f"  built {e}/{a.pages} pages, {e / t_add:.1f} pages/s (add_pages only), {time.time() - t0:.0f} s",
+                  flush=True)
+            if server_pid:
+                server_peak = max(server_peak, tree_rss_mb(server_pid),
+                                  key=lambda d: d.get('anon_mb', 0) + d.get('file_mb', 0))
     t = time.time()
     if r.files is None:
         for n in (r.centroids.name, r.vectors_collection, 'scale'): client.flush(n)
@@ -97,7 +112,8 @@ def build(a, uri:str, server_pid:int|None)->dict:
     np.savez(a.work/'truth.npz', queries=Q, top=np.array(top), targets=np.array([t for _, t in queries]))
     st = status()
     close_client(client, uri)
-    return dict(pages=a.pages, add_s=t_add, pages_per_s=a.pages / t_add, flush_s=t_flush, index_wait_s=t_index, build_wall_s=time.time() - t0,
+    return dict(pages=a.pages, add_s=t_add, pages_per_s=a.pages / t_add, flush_s=t_flush, index_wait_s=t_index,
+                build_wall_s=time.time() - t0,
                 build_peak_rss_mb=st['VmHWM'], server_rss_during_build=server_peak or None)
 
 QUERY_CHILD = r'''
@@ -136,18 +152,19 @@ for name, expr in (('where topic == 7 (2% of pages)', metadata_expr({'topic': 7}
         assert all(row['page_id'] in set(ids) for _, row in res)
     filters[name] = dict(matched=len(ids), filter_ms=t_q * 1e3, filtered_search_median_ms=float(np.median(ts) * 1e3))
 rec = [len(set(g) & set(top[j % len(Q)].tolist())) / 10 for j, g in enumerate(got)]
-print(json.dumps(dict(import_s=t_import, open_s=t_open, open_to_first_answer_s=t_first, median_ms=float(np.median(lat)*1e3),
-      p90_ms=float(np.percentile(lat, 90)*1e3), recall_at_10=float(np.mean(rec)), n_queries=len(lat), mem_before=before,
+print(json.dumps(dict(import_s=t_import, open_s=t_open, open_to_first_answer_s=t_first,
+      median_ms=float(np.median(lat)*1e3), p90_ms=float(np.percentile(lat, 90)*1e3), recall_at_10=float(np.mean(rec)),
+      n_queries=len(lat), mem_before=before,
       mem_after_first=after_first, mem_after=after, rss_anon_growth_mb=after['RssAnon'] - before['RssAnon'],
       filters=filters)))
 '''
 
 def query(a, uri:str, kw:dict)->dict:
-    out = subprocess.run([sys.executable, '-c', QUERY_CHILD, uri, str(a.work/'truth.npz'), str(a.n_search), json.dumps(kw)],
-                         capture_output=True, text=True, timeout=3600)
+    out = subprocess.run([sys.executable, '-c', QUERY_CHILD, uri, str(a.work/'truth.npz'), str(a.n_search),
+                          json.dumps(kw)], capture_output=True, text=True, timeout=3600)
     if out.returncode: raise RuntimeError(out.stderr[-3000:])
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    res['stderr_lines'] = len([l for l in out.stderr.splitlines() if l.strip()])
+    res['stderr_lines'] = len([line for line in out.stderr.splitlines() if line.strip()])
     return res
 
 def main():
@@ -166,7 +183,8 @@ def main():
     a.out = a.out.resolve()   # the server is started in another folder: its config paths must be absolute
     a.out.mkdir(parents=True, exist_ok=True)
     a.work = Path(tempfile.mkdtemp(prefix=f'scale_{a.backend}_{a.pages}_', dir=a.out))
-    srv, res = None, {'backend': a.backend, 'pages': a.pages, 'queries': a.queries, 'n_search': a.n_search, 'shards': a.shards}
+    srv, res = None, {'backend': a.backend, 'pages': a.pages, 'queries': a.queries, 'n_search': a.n_search,
+                      'shards': a.shards}
     err = a.work/'build.stderr'
     fd = os.dup(2); os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT), 2)   # count what a notebook user would see
     try:
@@ -180,7 +198,7 @@ def main():
     finally:
         os.dup2(fd, 2)
     text = err.read_text(errors='replace')
-    res['build']['stderr_lines'] = len([l for l in text.splitlines() if l.strip()])
+    res['build']['stderr_lines'] = len([line for line in text.splitlines() if line.strip()])
     res['build']['stderr_tracebacks'] = text.count('Traceback')
     res['build']['stderr_head'] = text[:1500]
     print('build:', json.dumps(res['build'])[:1500], flush=True)
@@ -198,24 +216,29 @@ def main():
     (a.out/f'{a.backend}_{a.pages}.json').write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != 'build'}, indent=1))
     if not a.keep:
-        import shutil; shutil.rmtree(a.work, ignore_errors=True)
+        import shutil
+        shutil.rmtree(a.work, ignore_errors=True)
 
 
 def report(out:Path)->str:
     "A markdown table of every result in `out` (python bench/scale.py --report --out DIR)."
     rows = ["| backend | pages | build pages/s | build peak RSS MB | build stderr lines | open → first answer s | "
-            "import s | median ms | p90 ms | recall@10 | client RssAnon growth MB | client RssFile MB | server RSS anon / file MB | disk KB/page |",
+            "import s | median ms | p90 ms | recall@10 | client RssAnon growth MB | client RssFile MB | "
+            "server RSS anon / file MB | disk KB/page |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in sorted(out.glob('*.json'), key=lambda f: (f.stem.split('_')[0], int(f.stem.split('_')[1]))):
         d = json.loads(f.read_text()); b, q = d['build'], d['query']
         srv = d.get('server_rss_after_queries')
-        rows.append(f"| {d['backend']} | {d['pages']:,} | {b['pages_per_s']:.0f} | {b['build_peak_rss_mb']:.0f} | {b['stderr_lines']} | "
-                    f"{q['open_to_first_answer_s']:.2f} | {q['import_s']:.1f} | {q['median_ms']:.1f} | {q['p90_ms']:.1f} | "
+        rows.append(f"| {d['backend']} | {d['pages']:,} | {b['pages_per_s']:.0f} | {b['build_peak_rss_mb']:.0f} | "
+                    f"{b['stderr_lines']} | {q['open_to_first_answer_s']:.2f} | {q['import_s']:.1f} | "
+                    f"{q['median_ms']:.1f} | {q['p90_ms']:.1f} | "
                     f"{q['recall_at_10']:.3f} | {q['rss_anon_growth_mb']:.0f} | {q['mem_after']['RssFile']:.0f} | "
-                    + (f"{srv['anon_mb']:.0f} / {srv['file_mb']:.0f}" if srv else 'in process') + f" | {d['disk_mb'] * 1024 / d['pages']:.0f} |")
+                    + (f"{srv['anon_mb']:.0f} / {srv['file_mb']:.0f}" if srv else 'in process')
+                    + f" | {d['disk_mb'] * 1024 / d['pages']:.0f} |")
     filt = [(json.loads(f.read_text()), f) for f in sorted(out.glob('*.json'))]
     lines = [f"- {d['backend']} {d['pages']:,} pages, {name}: {v['matched']} pages matched in {v['filter_ms']:.0f} ms, "
-             f"filtered search {v['filtered_search_median_ms']:.1f} ms" for d, _ in filt for name, v in (d['query'].get('filters') or {}).items()]
+             f"filtered search {v['filtered_search_median_ms']:.1f} ms"
+             for d, _ in filt for name, v in (d['query'].get('filters') or {}).items()]
     return '\n'.join(rows + [''] + lines)
 
 if __name__ == '__main__': main()

@@ -14,9 +14,10 @@ Seed behaviours kept on purpose (they are what is being measured), and what benc
 - `enable_dynamic_fields` (sic) is passed to create_schema as the seed does.
 bench/run.py flushes the collection after the inserts (not in the notebook; --seed-no-flush turns it off): without it
 each per-page fetch reads the memtable and the first search at 200 pages takes over 10 minutes instead of about one."""
-from pymilvus import DataType
-import numpy as np
 import concurrent.futures
+
+import numpy as np
+from pymilvus import DataType
 
 
 class MilvusColbertRetriever:
@@ -56,7 +57,8 @@ class MilvusColbertRetriever:
         self.client.release_collection(collection_name=self.collection_name)
         # BENCH CHANGE 1 of 1: the seed called drop_index unconditionally; pymilvus 3.0.2 + milvus-lite 3.2.2 raise
         # MilvusException(code=700, "no index to drop") when the collection has no index yet (always the case right
-        # after create_collection), so drop only indexes that `list_indexes` reports. Nothing else differs from the seed.
+        # after create_collection), so drop only indexes that `list_indexes` reports. Nothing else differs from the
+        # seed.
         for _name in self.client.list_indexes(collection_name=self.collection_name):
             self.client.drop_index(
                 collection_name=self.collection_name, index_name=_name
@@ -126,7 +128,8 @@ class MilvusColbertRetriever:
         with concurrent.futures.ThreadPoolExecutor(max_workers=300) as executor:
             futures = {
                 executor.submit(
-                    rerank_single_doc, doc_id, data, client, self.collection_name
+                    # `client`: the seed notebook's module global, which bench/run.py sets (kept verbatim)
+                    rerank_single_doc, doc_id, data, client, self.collection_name  # noqa: F821
                 ): doc_id
                 for doc_id in doc_ids
             }

@@ -1,4 +1,5 @@
-"""Peak memory and speed of indexing one long PDF (or a folder of PDFs) with the tiny model, a fresh subprocess per size.
+"""Peak memory and speed of indexing one long PDF (or a folder of PDFs) with the tiny model, a fresh subprocess per
+size.
 
     python bench/stream_memory.py                 # 100- and 500-page PDFs
     python bench/stream_memory.py --pages 500 --chunk 16
@@ -9,11 +10,19 @@ For each size a PDF (or `--files` PDFs in one folder, the pages split evenly) is
 text per page, US letter), then a subprocess opens a new Milvus Lite database, loads the tiny model (`model='tiny'`),
 and runs `ColPaliIndex.add(path)`. It reports the
 process's resident memory after loading (baseline), its peak during the run (`ru_maxrss`, which includes Milvus Lite:
-it runs inside the process) and at the end, the wall time and pages/s (poppler's short-lived children are not counted). A bounded job has the
-same peak for 100 and 500 pages; the tiny model makes the encoder cheap, so this measures the pipeline around it.
+it runs inside the process) and at the end, the wall time and pages/s (poppler's short-lived children are not
+counted). A bounded job has the same peak for 100 and 500 pages; the tiny model makes the encoder cheap, so this
+measures the pipeline around it.
 """
 from __future__ import annotations
-import argparse, json, os, subprocess, sys, tempfile, textwrap
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +42,9 @@ CHILD = textwrap.dedent('''
     rep = idx.add(path, chunk=chunk, progress=False)
     dt = time.perf_counter() - t0
     assert len(rep) == len(idx) and rep.ok, (len(rep), len(idx), rep.errors)
-    print(json.dumps({'pages': len(rep), 'files': len(rep.indexed), 'seconds': round(dt, 1), 'pages_per_s': round(len(rep) / dt, 1),
-                      'baseline_rss_mb': round(base), 'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    print(json.dumps({'pages': len(rep), 'files': len(rep.indexed), 'seconds': round(dt, 1),
+                      'pages_per_s': round(len(rep) / dt, 1), 'baseline_rss_mb': round(base),
+                      'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                       'end_rss_mb': round(rss_mb())}))
 ''')
 
@@ -44,7 +54,8 @@ def make_pdf(path, n_pages:int, title:str='Page'):
     from reportlab.pdfgen import canvas
     c = canvas.Canvas(str(path), invariant=1)
     for i in range(1, n_pages + 1):
-        c.setFont('Helvetica', 14); c.drawString(72, 700, f'{title} {i}: ' + 'late interaction retrieval ' * (i % 4 + 1))
+        c.setFont('Helvetica', 14)
+        c.drawString(72, 700, f'{title} {i}: ' + 'late interaction retrieval ' * (i % 4 + 1))
         c.showPage()
     c.save()
     return Path(path)
@@ -67,8 +78,9 @@ def measure(n_pages:int, chunk:int, server:bool=False, files:int=1)->dict:
             sys.path.insert(0, str(ROOT / 'tests'))
             from milvus_servers import start_lite_server
             srv = start_lite_server(Path(d) / 'server'); db = srv.uri
-        env = {**os.environ, 'PYTHONPATH': f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", 'HF_HUB_OFFLINE': '1',
-               'TOKENIZERS_PARALLELISM': 'false', 'COLPALI_MILVUS_CACHE': os.environ.get('COLPALI_MILVUS_CACHE', str(Path(d) / 'cache'))}
+        env = {**os.environ, 'PYTHONPATH': f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false',
+               'COLPALI_MILVUS_CACHE': os.environ.get('COLPALI_MILVUS_CACHE', str(Path(d) / 'cache'))}
         try:
             out = subprocess.run([sys.executable, '-c', CHILD, str(path), db, str(Path(d) / 'pages'), str(chunk)],
                                  capture_output=True, text=True, env=env)
@@ -84,7 +96,8 @@ def main():
     p.add_argument('--pages', type=int, nargs='+', default=[100, 500])
     p.add_argument('--chunk', type=int, default=16, help='pages rendered, encoded and committed per step')
     p.add_argument('--files', type=int, default=1, help='split the pages over this many PDFs in one folder')
-    p.add_argument('--server', action='store_true', help='index into a `milvus-lite server` on 127.0.0.1 (its own process)')
+    p.add_argument('--server', action='store_true',
+                   help='index into a `milvus-lite server` on 127.0.0.1 (its own process)')
     a = p.parse_args()
     for n in a.pages: print(json.dumps({'chunk': a.chunk, **measure(n, a.chunk, a.server, a.files)}), flush=True)
 

@@ -4,9 +4,11 @@
 
 # %% ../nbs/05a_candidates.ipynb #704f452b
 from __future__ import annotations
+
 import numpy as np
-from pymilvus import DataType
 from fastcore.basics import patch
+from pymilvus import DataType
+
 from .maxsim import block_maxsim, rank
 from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
@@ -111,13 +113,18 @@ class MilvusCandidates:
               ):
         "Create the collection with its vector index, and load it."
         c = self.db.client if hasattr(self.db, 'client') else self.db
-        c.create_collection(self.name, schema=centroids_schema(c, self.dim), num_shards=shards, consistency_level='Strong')
-        c.create_index(self.name, index_params(c, 'vector', index_type, 'IP', HNSW_PARAMS if params is None else params), sync=True)
+        c.create_collection(self.name, schema=centroids_schema(c, self.dim), num_shards=shards,
+                            consistency_level='Strong')
+        c.create_index(self.name, index_params(c, 'vector', index_type, 'IP',
+                                               HNSW_PARAMS if params is None else params), sync=True)
         c.load_collection(self.name)
 
 # %% ../nbs/05a_candidates.ipynb #4570724c
 @patch
-def put(self:MilvusCandidates, page_ids:list, centroids:list, overwrite:bool=True # False for pages not stored yet (insert is faster)
+def put(self:MilvusCandidates,
+        page_ids:list,
+        centroids:list,
+        overwrite:bool=True # False for pages not stored yet (insert is faster)
        ):
     "Write (or overwrite) pages' centroid rows, `CENTROID_BATCH` rows per call."
     rows = [r for pid, c in zip(page_ids, centroids) for r in centroid_rows(pid, c)]

@@ -4,8 +4,10 @@
 
 # %% ../nbs/00_core.ipynb #a93293f3
 from __future__ import annotations
-import hashlib, numbers
-from dataclasses import dataclass, field, asdict
+
+import hashlib
+import numbers
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # %% auto #0

@@ -4,14 +4,24 @@
 
 # %% ../nbs/02_encode.ipynb #d040180a
 from __future__ import annotations
-import json, math, os, threading, time, warnings
+
+import json
+import math
+import os
+import threading
+import time
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
 import numpy as np
 import torch
+
 from .core import ColPaliMilvusError, ModelUnavailableError, PDFError, cpu_has_fast_bf16, positive_int
 from .rasterize import to_rgb
-from typing import TYPE_CHECKING, NamedTuple
-if TYPE_CHECKING: from PIL import Image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'FAMILIES', 'UnsupportedModelError', 'EncoderOptionError', 'pick_device', 'pick_dtype',
@@ -42,14 +52,16 @@ def pick_device(device:str|None=None # None/'auto', 'cpu', 'cuda', 'cuda:N' or '
     if kind == 'cuda' and (not idx or idx.isdigit()):
         if not torch.cuda.is_available():
             raise EncoderOptionError(f"device {device!r} was asked for, but CUDA is not available here "
-                                     f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). Use device='cpu' or 'auto'.")
+                                     f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). "
+                                     "Use device='cpu' or 'auto'.")
         if idx and int(idx) >= torch.cuda.device_count():
             raise EncoderOptionError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s). "
                                      "Use 'cuda:0' ... or 'auto'.")
         return d
     if kind == 'mps' and not idx:
         if not torch.backends.mps.is_available():
-            raise EncoderOptionError(f"device {device!r} was asked for, but Apple MPS is not available here. Use 'cpu' or 'auto'.")
+            raise EncoderOptionError(f"device {device!r} was asked for, but Apple MPS is not available here. "
+                                     "Use 'cpu' or 'auto'.")
         return 'mps'
     raise EncoderOptionError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
 
@@ -64,7 +76,8 @@ def _mps_bf16_ok()->bool:
     except Exception: return False
 
 def pick_dtype(device:str, # torch device the model runs on ('cpu', 'cuda', 'cuda:N', 'mps')
-               dtype:str|torch.dtype|None=None # None/'auto', a torch dtype, or 'float32'/'bfloat16'/'float16' (also 'fp32'/'bf16'/'fp16')
+               # None/'auto', a torch dtype, or 'float32'/'bfloat16'/'float16' (also 'fp32'/'bf16'/'fp16')
+               dtype:str|torch.dtype|None=None
               )->torch.dtype:
     "The torch dtype to run the model in: `dtype` once checked, or the automatic choice for `device`."
     if isinstance(dtype, torch.dtype):
@@ -73,10 +86,12 @@ def pick_dtype(device:str, # torch device the model runs on ('cpu', 'cuda', 'cud
         return dtype
     if dtype is not None and str(dtype).lower() != 'auto':
         key = str(dtype).lower().removeprefix('torch.')
-        if key not in _DTYPES: raise EncoderOptionError(f"unknown dtype {dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'.")
+        if key not in _DTYPES:
+            raise EncoderOptionError(f"unknown dtype {dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'.")
         return _DTYPES[key]
     kind = str(device).split(':')[0]
-    if kind == 'cuda': return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    if kind == 'cuda':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if kind == 'mps': return torch.bfloat16 if _mps_bf16_ok() else torch.float32
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
@@ -112,7 +127,7 @@ def hub_reachable(timeout:float=5.0 # seconds to wait for any answer
 
 # %% ../nbs/02_encode.ipynb #68e6bc5c
 def _is_repo_id(s:str)->bool:
-    from huggingface_hub.utils import validate_repo_id, HFValidationError
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
     try: validate_repo_id(s); return True
     except HFValidationError: return False
 
@@ -121,8 +136,11 @@ def _has_any(folder:Path, *patterns)->bool: return any(next(folder.glob(p), None
 def _adapter_base(folder:Path)->str:
     "The base model named in a PEFT adapter folder's adapter_config.json."
     try: base = json.loads((folder/'adapter_config.json').read_text()).get('base_model_name_or_path')
-    except (OSError, ValueError) as e: raise ModelUnavailableError(f"{folder}/adapter_config.json: cannot be read ({e}).") from None
-    if not base: raise ModelUnavailableError(f"{folder}/adapter_config.json: names no base_model_name_or_path; the adapter cannot be loaded.")
+    except (OSError, ValueError) as e:
+        raise ModelUnavailableError(f"{folder}/adapter_config.json: cannot be read ({e}).") from None
+    if not base:
+        raise ModelUnavailableError(f"{folder}/adapter_config.json: names no base_model_name_or_path; "
+                                    "the adapter cannot be loaded.")
     return base
 
 # %% ../nbs/02_encode.ipynb #dbd65278
@@ -143,11 +161,15 @@ def _resolve(name, timeout:float=5.0)->tuple:
     s = str(name)
     p = Path(s).expanduser()
     if p.exists():
-        if not p.is_dir(): raise ModelUnavailableError(f"{p}: is a file; pass the model's folder (the one holding config.json) or a hub id.")
+        if not p.is_dir():
+            raise ModelUnavailableError(f"{p}: is a file; pass the model's folder (the one holding config.json) "
+                                        "or a hub id.")
         has_cfg, has_adapter = (p/'config.json').is_file(), (p/'adapter_config.json').is_file()
         if not (has_cfg or has_adapter):
-            raise ModelUnavailableError(f"{p}: has neither config.json nor adapter_config.json, so it is not a saved model. "
-                                        f"Pass the folder `save_pretrained` or `hf download --local-dir` wrote, or a hub id like {DEFAULT_MODEL!r}.")
+            raise ModelUnavailableError(f"{p}: has neither config.json nor adapter_config.json, "
+                                        "so it is not a saved model. "
+                                        "Pass the folder `save_pretrained` or `hf download --local-dir` wrote, "
+                                        f"or a hub id like {DEFAULT_MODEL!r}.")
         local = True
         if has_adapter and not has_cfg:  # transformers loads the base named in adapter_config.json
             local = _resolve(_adapter_base(p), timeout)[2]
@@ -157,13 +179,15 @@ def _resolve(name, timeout:float=5.0)->tuple:
                                     f"(those look like {DEFAULT_MODEL!r}). Check the path.")
     offline = _env_offline()
     if not offline and hub_reachable(timeout): return s, s, False
-    from huggingface_hub import snapshot_download, constants
+    from huggingface_hub import constants, snapshot_download
     why = ('HF_HUB_OFFLINE is set' if offline else
            f"the Hugging Face hub ({constants.ENDPOINT}) did not answer within {timeout:g} s (no internet?)")
     try: snap = Path(snapshot_download(s, local_files_only=True))
     except (OSError, ValueError):
-        raise ModelUnavailableError(f"Model {s!r} cannot be loaded: {why}, and it is not in the local Hugging Face cache "
-                                    f"({constants.HF_HUB_CACHE}); nor is there a local folder {s!r}.\n" + _fix_hint(s)) from None
+        raise ModelUnavailableError(f"Model {s!r} cannot be loaded: {why}, "
+                                    "and it is not in the local Hugging Face cache "
+                                    f"({constants.HF_HUB_CACHE}); nor is there a local folder {s!r}.\n"
+                                    + _fix_hint(s)) from None
     adapter = (snap/'adapter_config.json').is_file()
     if not (_has_any(snap, 'adapter_model.*') if adapter else _has_any(snap, '*.safetensors', '*.bin', '*.pt')):
         raise ModelUnavailableError(f"Model {s!r} cannot be loaded: {why}, and only part of it is in the local cache "
@@ -174,7 +198,7 @@ def _resolve(name, timeout:float=5.0)->tuple:
 def resolve_model(name_or_path:str=DEFAULT_MODEL, # local model folder or Hugging Face hub id
                   timeout:float=5.0 # seconds to wait for the hub to answer before using the local cache
                  )->str:
-    "A local folder as is; a hub id as is if the hub answers, else its folder in the local cache (or `ModelUnavailableError`)."
+    "A local folder as is; a hub id as is if the hub answers, else its local cache folder (or `ModelUnavailableError`)."
     return _resolve(name_or_path, timeout)[0]
 
 # %% ../nbs/02_encode.ipynb #7ecf1c8f
@@ -194,13 +218,15 @@ def _read_json(path_or_id:str, fname:str, local_only:bool)->dict|None:
     p = Path(path_or_id).expanduser()
     if p.is_dir(): return json.loads((p/fname).read_text()) if (p/fname).is_file() else None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
     try: return json.loads(Path(hf_hub_download(path_or_id, fname, local_files_only=local_only)).read_text())
     except EntryNotFoundError: return None
     except RepositoryNotFoundError:
-        raise ModelUnavailableError(f"{path_or_id!r}: no such model on the Hugging Face hub (or it is private or gated: "
-                                    "log in with `hf auth login`). Check the name.") from None
-    except HfHubHTTPError as e: raise ModelUnavailableError(f"{path_or_id!r}: could not read {fname} from the hub: {e}") from None
+        raise ModelUnavailableError(f"{path_or_id!r}: no such model on the Hugging Face hub "
+                                    "(or it is private or gated: log in with `hf auth login`). "
+                                    "Check the name.") from None
+    except HfHubHTTPError as e:
+        raise ModelUnavailableError(f"{path_or_id!r}: could not read {fname} from the hub: {e}") from None
 
 # %% ../nbs/02_encode.ipynb #011eb701
 def config_model_type(path_or_id:str, # model folder or hub id (as `_resolve` returns it)
@@ -211,7 +237,8 @@ def config_model_type(path_or_id:str, # model folder or hub id (as `_resolve` re
     if cfg is not None: return cfg.get('model_type', '')
     ad = _read_json(path_or_id, 'adapter_config.json', local_only)
     if ad is None or not ad.get('base_model_name_or_path'):
-        raise ModelUnavailableError(f"{path_or_id}: has neither config.json nor an adapter_config.json naming a base model.")
+        raise ModelUnavailableError(f"{path_or_id}: has neither config.json "
+                                    "nor an adapter_config.json naming a base model.")
     return config_model_type(ad['base_model_name_or_path'], local_only)
 
 # %% ../nbs/02_encode.ipynb #cf1acebe
@@ -243,7 +270,8 @@ def load_image(x)->'Image.Image':
             im = ImageOps.exif_transpose(im)
             im.load()
             return to_rgb(im)
-    except FileNotFoundError: raise PDFError(path, 'does not exist.', 'Check the path, or rasterize the PDF again.') from None
+    except FileNotFoundError:
+        raise PDFError(path, 'does not exist.', 'Check the path, or rasterize the PDF again.') from None
     except (UnidentifiedImageError, OSError) as e:
         raise PDFError(path, f'cannot be read as an image ({e}).', 'Pass a PNG or JPEG file, or a PIL image.') from None
 
@@ -252,15 +280,16 @@ class TinyModelWarning(UserWarning):
     "Warns that the tiny random test model is in use."
 
 class ColPaliEncoder:
-    "Load a ColPali, ColQwen2, ColQwen2.5 or ColSmol model and encode page images and text queries into float32 multi-vectors."
+    "Load a ColPali, ColQwen2, ColQwen2.5 or ColSmol model; encode page images and queries as float32 multi-vectors."
     def __init__(self,
-                 model:str=DEFAULT_MODEL, # hub id or local folder of a model of a `FAMILIES` family, or a `TINY_ALIASES` name ('tiny', ...)
+                 # hub id or local folder of a model of a `FAMILIES` family, or a `TINY_ALIASES` name ('tiny', ...)
+                 model:str=DEFAULT_MODEL,
                  device:str|None=None, # None/'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'
                  dtype:str|torch.dtype|None=None, # None/'auto' (see `pick_dtype`), or a dtype
                  batch_size:int=4, # pages or queries per forward pass
                  timeout:float=5.0 # seconds to wait for the hub before using the local cache
                 ):
-        from colpali_milvus.tiny import TINY_ALIASES, is_tiny_random, tiny_model_path   # the offline demo's models
+        from colpali_milvus.tiny import TINY_ALIASES, is_tiny_random, tiny_model_path  # the offline demo's models
         self.model_name = str(model)  # as given
         if str(model) in TINY_ALIASES: model = tiny_model_path(str(model))
         self.path, target, local_only = _resolve(model, timeout)  # local folder (the hub id if it will be downloaded)
@@ -271,8 +300,10 @@ class ColPaliEncoder:
         self.is_tiny = is_tiny_random(self.path)
         self.dtype = torch.float32 if self.is_tiny and dtype in (None, 'auto') else pick_dtype(self.device, dtype)
         self.batch_size = _check_bs(batch_size)
-        if self.is_tiny: warnings.warn(f"{self.path} is a tiny RANDOMLY INITIALISED {self.family}: its rankings are meaningless "
-                                       "(see colpali_milvus.tiny.TINY_BANNER for how to get the real model).", TinyModelWarning, stacklevel=2)
+        if self.is_tiny:
+            warnings.warn(f"{self.path} is a tiny RANDOMLY INITIALISED {self.family}: its rankings are meaningless "
+                          "(see colpali_milvus.tiny.TINY_BANNER for how to get the real model).",
+                          TinyModelWarning, stacklevel=2)
         import colpali_engine.models as M
         try:
             self.model = getattr(M, fam.model_cls).from_pretrained(target, dtype=self.dtype, device_map=self.device,
@@ -287,8 +318,9 @@ class ColPaliEncoder:
         self._inner = inner if isinstance(inner, PaliGemmaModel) else None  # else fall back to ColPali.forward
 
     def __repr__(self):
-        return (f"ColPaliEncoder(model={self.model_name!r}, family={self.family!r}, device={self.device!r}, dtype={self.dtype}, "
-                f"dim={self.dim}, batch_size={self.batch_size}{', TINY RANDOM' if self.is_tiny else ''})")
+        return (f"ColPaliEncoder(model={self.model_name!r}, family={self.family!r}, device={self.device!r}, "
+                f"dtype={self.dtype}, dim={self.dim}, batch_size={self.batch_size}"
+                f"{', TINY RANDOM' if self.is_tiny else ''})")
 
 def _check_bs(bs)->int: return positive_int(bs, 'batch_size', 'pages or queries per forward pass', EncoderOptionError)
 
@@ -330,7 +362,8 @@ def encode_images(self:ColPaliEncoder,
     images = list(images)
     bs = _check_bs(self.batch_size if batch_size is None else batch_size)
     res = []
-    with torch.inference_mode(), tqdm(total=len(images), unit='page', desc='encoding pages', disable=not progress) as bar:
+    with (torch.inference_mode(),
+          tqdm(total=len(images), unit='page', desc='encoding pages', disable=not progress) as bar):
         for i in range(0, len(images), bs):
             batch = self.processor.process_images([load_image(x) for x in images[i:i+bs]])
             res += _split(self._forward(batch), batch['attention_mask'])
@@ -367,7 +400,7 @@ class PatchGrid(NamedTuple):
     n_vectors:int # number of vectors of the page, as `encode_images` returns them
 
 def _grid_shape(self:ColPaliEncoder, img)->tuple:
-    "(n_rows, n_cols, tile rows, tile cols) of the patch grid the processor gives page `img` (tiles: ColSmol, else 1, 1)."
+    "(n_rows, n_cols, tile rows, tile cols) of the patch grid the processor gives `img` (tiles: ColSmol, else 1, 1)."
     proc = self.processor
     if self.model_type == 'paligemma':
         nx, ny = proc.get_n_patches(img.size, patch_size=self.model.config.vision_config.patch_size)
@@ -400,8 +433,9 @@ def patch_grid(self:ColPaliEncoder,
     pos = torch.nonzero(mask[keep])[:, 0].numpy().astype(np.int64)  # indices among the unpadded vectors
     n_rows, n_cols, t_rows, t_cols = _grid_shape(self, img)
     if len(pos) != n_rows*n_cols:
-        raise RuntimeError(f"{self.family} processor: a {img.size[0]}x{img.size[1]} page gives {len(pos)} image-patch tokens, "
-                           f"but its patch grid is {n_rows} x {n_cols}. This processor version is not supported for patch grids.")
+        raise RuntimeError(f"{self.family} processor: a {img.size[0]}x{img.size[1]} page gives {len(pos)} "
+                           f"image-patch tokens, but its patch grid is {n_rows} x {n_cols}. "
+                           "This processor version is not supported for patch grids.")
     if t_rows*t_cols > 1:  # ColSmol: tile by tile, each tile row-major -> the page's rows and columns
         pos = pos.reshape(t_rows, t_cols, n_rows//t_rows, n_cols//t_cols).transpose(0, 2, 1, 3)
     return PatchGrid(n_rows, n_cols, pos.reshape(n_rows, n_cols), int(keep.sum()))

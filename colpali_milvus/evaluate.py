@@ -4,9 +4,11 @@
 
 # %% ../nbs/10_evaluate.ipynb #bbd66a9f
 from __future__ import annotations
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from .core import SearchResult, positive_int
 
 # %% auto #0
@@ -40,7 +42,7 @@ def mrr_at_k(gains:list, # relevance of the retrieved pages, best first
 # %% ../nbs/10_evaluate.ipynb #b05954ef
 def result_keys(r # a `SearchResult` (or anything with `source`, `page` and `page_id`)
                )->tuple:
-    "Every key that names the page of search result `r`: `'name#page'`, `'/path/name#page'`, the page id, and for page 1 the bare name and path."
+    "Keys naming result `r`'s page: `'name#page'`, `'/path/name#page'`, the page id; for page 1 the bare name and path."
     name, page = Path(r.source).name, int(r.page)
     keys = (f"{name}#{page}", f"{r.source}#{page}", int(r.page_id))
     return keys + ((name, str(r.source)) if page == 1 else ())
@@ -134,7 +136,7 @@ def evaluate(index, # a `ColPaliIndex`, or anything whose `search(texts, k)` ret
 def vidore_v1_labels(rows, # ViDoRe v1 rows (a `datasets.Dataset` or dicts) with 'image', 'image_filename' and 'query'
                      folder # folder for the page PNGs (created); index it afterwards
                     )->tuple[dict, dict]:
-    "Write the distinct page images of a ViDoRe v1 dataset to `folder` and return `(queries, qrels)` keyed by file name."
+    "Write the distinct page images of a ViDoRe v1 dataset to `folder`; return `(queries, qrels)` keyed by file name."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     files, relevant = {}, {}
     for row in rows:
@@ -143,6 +145,7 @@ def vidore_v1_labels(rows, # ViDoRe v1 rows (a `datasets.Dataset` or dicts) with
             files[fn] = f"{len(files):05d}.png"
             row['image'].convert('RGB').save(folder/files[fn])
         if row.get('query') is not None: relevant[row['query']] = files[fn]
-    if not relevant: raise ValueError("no row has a query: is this a ViDoRe v1 dataset (columns query, image, image_filename)?")
+    if not relevant:
+        raise ValueError("no row has a query: is this a ViDoRe v1 dataset (columns query, image, image_filename)?")
     qids = {q: f"q{i}" for i, q in enumerate(relevant)}
     return {qids[q]: q for q in relevant}, {qids[q]: {f: 1} for q, f in relevant.items()}

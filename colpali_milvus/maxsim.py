@@ -4,7 +4,9 @@
 
 # %% ../nbs/04_maxsim.ipynb #5a072e2d
 from __future__ import annotations
+
 import numpy as np
+
 from .core import DimensionMismatchError
 
 # %% auto #0
@@ -64,7 +66,8 @@ def maxsim(query, # query vectors, shape (q, dim)
     if not (isinstance(docs, np.ndarray) and docs.ndim == 3):
         if not len(docs): return np.zeros(0, np.float32)
         dims = {d.shape[-1] for d in docs}
-        if dims != {q.shape[1]}: raise DimensionMismatchError(f"query has dimension {q.shape[1]}, pages have {sorted(dims)}.")
+        if dims != {q.shape[1]}:
+            raise DimensionMismatchError(f"query has dimension {q.shape[1]}, pages have {sorted(dims)}.")
         return maxsim_ragged(q, list(docs))
     padded, mask = docs, (np.ones(docs.shape[:2], bool) if mask is None else mask)
     if padded.shape[-1] != q.shape[1]:
@@ -92,7 +95,9 @@ def rank(scores:np.ndarray, # one score per page
 # %% ../nbs/04_maxsim.ipynb #edbe288a
 def _tensor(a:np.ndarray):
     "`a` as a torch tensor without a copy (read-only arrays too: kernels never write to them)."
-    import torch, warnings
+    import warnings
+
+    import torch
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)   # "the given NumPy array is not writable"
         return torch.from_numpy(np.asarray(a))
@@ -105,7 +110,7 @@ def maxsim_exact(q:np.ndarray, # query vectors (q, dim), float32
     return np.array([float((tq @ _tensor(p).float().T).amax(1).sum()) for p in pages], np.float32)
 
 # %% ../nbs/04_maxsim.ipynb #712c9596
-BF16_ERR = 3.2 / 256   # |bfloat16 dot product - float32 one| <= BF16_ERR * |q| * |d| (3 roundings of u = 2^-8, plus float32 sums)
+BF16_ERR = 3.2 / 256
 
 def bf16_bits(a:np.ndarray)->np.ndarray:
     "float32 values as bfloat16 bit patterns (uint16), rounded to nearest even."
@@ -162,7 +167,7 @@ def page_rows_view(prod, # a query's product with the rows of pages, (q, rows), 
     import torch
     n, most = len(lens), max(lens)
     if min(lens) == most: return prod.view(len(prod), n, most)   # ColPali pages: no copy
-    at = torch.cat([torch.arange(l) + j * most for j, l in enumerate(lens)])
+    at = torch.cat([torch.arange(size) + j * most for j, size in enumerate(lens)])
     v = torch.full((len(prod), n * most), -torch.inf, dtype=prod.dtype)
     v[:, at] = prod
     return v.view(len(prod), n, most)
@@ -182,9 +187,10 @@ def refine(v, # the screened product, (q, pages, rows) as `page_rows_view` gives
     qi, pj, lj = (x.numpy() for x in torch.nonzero(w >= down[:, :, None], as_tuple=True))
     order = np.argsort(pj, kind='stable'); qi, pj, lj = qi[order], pj[order], lj[order]
     cut = np.flatnonzero(np.diff(pj)) + 1
-    rows = np.concatenate([np.asarray(pages[sel[p[0]]])[l] for p, l in zip(np.split(pj, cut), np.split(lj, cut))])
+    rows = np.concatenate([np.asarray(pages[sel[p[0]]])[idx] for p, idx in zip(np.split(pj, cut), np.split(lj, cut))])
     dots = (tq[torch.from_numpy(qi)] * torch.from_numpy(rows.astype(np.float32))).sum(1)
-    best = torch.full((len(tq) * len(sel),), -torch.inf).scatter_reduce_(0, torch.from_numpy(qi * len(sel) + pj), dots, 'amax')
+    best = torch.full((len(tq) * len(sel),), -torch.inf).scatter_reduce_(0, torch.from_numpy(qi * len(sel) + pj),
+                                                                          dots, 'amax')
     return best.view(len(tq), len(sel)).sum(0).numpy(), len(qi)
 
 # %% ../nbs/04_maxsim.ipynb #d00dfeed

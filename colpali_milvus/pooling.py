@@ -4,9 +4,12 @@
 
 # %% ../nbs/11_pooling.ipynb #ed7cba69
 from __future__ import annotations
+
 import numbers
 from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
 from .core import positive_int
 from .maxsim import as_matrix
 
@@ -26,7 +29,7 @@ def pool_tokens(vectors, # one page's vectors, (n, dim) numpy array or torch ten
                  pool_factor:int=3, # keep at most (n - keep_last) // pool_factor pooled vectors; 1: no pooling
                  keep_last:int=0 # leave the last `keep_last` vectors (ColPali's prompt tokens) unpooled
                 )->np.ndarray:
-    "One page's vectors after hierarchical token pooling: cluster means, L2-normalised, then the kept vectors (float32)."
+    "One page's vectors after hierarchical token pooling: cluster means, L2-normalised, then kept vectors (float32)."
     _check_factor(pool_factor)
     v = as_matrix(vectors.float().cpu().numpy() if hasattr(vectors, 'numpy') else vectors, what='page vectors')
     if not isinstance(keep_last, numbers.Integral) or isinstance(keep_last, bool) or not 0 <= keep_last <= len(v):

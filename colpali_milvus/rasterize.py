@@ -4,15 +4,24 @@
 
 # %% ../nbs/01_rasterize.ipynb #70f2d398
 from __future__ import annotations
-import json, os, re, shutil, unicodedata, uuid, warnings
+
+import json
+import os
+import re
+import shutil
+import unicodedata
+import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
-from PIL import Image, ImageOps
 from pdf2image import convert_from_path, pdfinfo_from_path
 from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFPopplerTimeoutError
-from .core import PDFError, PopplerMissingError, PageRecord, file_sha256, positive_int
+from PIL import Image, ImageOps
+
+from .core import PageRecord, PDFError, PopplerMissingError, file_sha256, positive_int
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PDF_EXTS', 'POPPLER_INSTALL', 'find_inputs', 'pdf_page_count', 'rasterize_pdf', 'to_rgb',
@@ -45,7 +54,8 @@ def find_inputs(paths, # a file or folder (str or Path), or a list of them
         p = Path(p).expanduser()
         if p.is_dir(): found = sorted(_walk(p, recursive), key=lambda f: f.relative_to(p).parts)
         elif p.exists(): found = [p]
-        elif p.is_symlink(): raise PDFError(p, 'is a broken symbolic link.', f'Its target {os.readlink(p)} does not exist.')
+        elif p.is_symlink():
+            raise PDFError(p, 'is a broken symbolic link.', f'Its target {os.readlink(p)} does not exist.')
         else: raise PDFError(p, 'does not exist.', f'Check the path (relative paths start from {Path.cwd()}).')
         for f in found:
             if (r := f.resolve()) not in seen: seen.add(r); out.append(r)
@@ -53,7 +63,8 @@ def find_inputs(paths, # a file or folder (str or Path), or a list of them
 
 # %% ../nbs/01_rasterize.ipynb #cb09a003
 _MAGIC = [(b'\x89PNG\r\n\x1a\n', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'), (b'GIF8', 'a GIF image'),
-          (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'), (b'PK\x03\x04', 'a ZIP archive (or .docx/.xlsx/.pptx)'),
+          (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'),
+          (b'PK\x03\x04', 'a ZIP archive (or .docx/.xlsx/.pptx)'),
           (b'\xd0\xcf\x11\xe0', 'a legacy Microsoft Office document'), (b'%!PS', 'a PostScript file'),
           (b'{\\rtf', 'an RTF document'), (b'\x1f\x8b', 'a gzip archive')]
 
@@ -65,7 +76,8 @@ def _file_kind(head:bytes # the first bytes of a file
         if head.startswith(magic): return kind
     if head[:4] == b'RIFF' and head[8:12] == b'WEBP': return 'a WebP image'
     if head[:2] == b'BM' and head[6:10] == b'\0\0\0\0': return 'a BMP image'
-    if head.lstrip()[:14].lower() in (b'<!doctype html', ) or head.lstrip()[:5].lower() == b'<html': return 'an HTML page'
+    if head.lstrip()[:14].lower() in (b'<!doctype html', ) or head.lstrip()[:5].lower() == b'<html':
+        return 'an HTML page'
     if b'\0' not in head:
         try: head.decode('utf-8'); return 'a text file'
         except UnicodeDecodeError as e:
@@ -83,7 +95,8 @@ def _check_source(path, # file to check
     try:
         with open(p, 'rb') as f: head = f.read(1024)
     except OSError as e:
-        hint = 'Check its permissions.' if isinstance(e, PermissionError) else 'Check the disk or file system it lies on.'
+        hint = ('Check its permissions.' if isinstance(e, PermissionError) else
+                'Check the disk or file system it lies on.')
         raise PDFError(p, f'cannot be read ({e.strerror}).', hint) from None
     if not head: raise PDFError(p, 'is empty (0 bytes).', 'Re-download or re-export it.')
     if pdf and b'%PDF-' not in head:
@@ -94,13 +107,16 @@ def _check_source(path, # file to check
     return head
 
 # %% ../nbs/01_rasterize.ipynb #51a0cdce
-POPPLER_INSTALL = ("Install poppler: `apt-get install -y poppler-utils` (Debian/Ubuntu), `brew install poppler` (macOS) "
-                   "or `conda install -c conda-forge poppler`, then make sure its tools are on PATH.")
+POPPLER_INSTALL = ("Install poppler: `apt-get install -y poppler-utils` (Debian/Ubuntu), "
+                   "`brew install poppler` (macOS) or `conda install -c conda-forge poppler`, "
+                   "then make sure its tools are on PATH.")
 
 def _require_poppler():
     "Raise `PopplerMissingError` unless `pdfinfo` and `pdftoppm` are on PATH."
     missing = [t for t in ('pdfinfo', 'pdftoppm') if shutil.which(t) is None]
-    if missing: raise PopplerMissingError(f"poppler is not installed: {' and '.join(missing)} not found on PATH. {POPPLER_INSTALL}")
+    if missing:
+        raise PopplerMissingError(f"poppler is not installed: {' and '.join(missing)} not found on PATH. "
+                                  f"{POPPLER_INSTALL}")
 
 # %% ../nbs/01_rasterize.ipynb #cee47a62
 def _needs_password(path, password=None)->bool:
@@ -115,11 +131,14 @@ def _poppler_error(path, stderr:str, password=None)->PDFError:
     "The `PDFError` for poppler's `stderr` about `path`."
     msg = stderr.replace('Unable to get page count.', '').strip()
     if 'Incorrect password' in msg or _needs_password(path, password):
-        if password is None: return PDFError(path, 'is encrypted and needs a password to open.', 'Pass password=... (its user or owner password).')
-        return PDFError(path, 'is encrypted and the password given does not open it.', 'Check the password (the user or the owner password works).')
+        if password is None:
+            return PDFError(path, 'is encrypted and needs a password to open.',
+                            'Pass password=... (its user or owner password).')
+        return PDFError(path, 'is encrypted and the password given does not open it.',
+                        'Check the password (the user or the owner password works).')
     if 'page count 0' in msg or 'last page (0)' in msg:
         return PDFError(path, 'has no pages.', 'There is nothing to index in it; re-export it or leave it out.')
-    detail = '; '.join(dict.fromkeys(l.split(': ', 1)[-1].strip() for l in msg.splitlines() if l.strip()))
+    detail = '; '.join(dict.fromkeys(line.split(': ', 1)[-1].strip() for line in msg.splitlines() if line.strip()))
     return PDFError(path, f"is corrupt or truncated: poppler cannot read it ({detail[:300] or 'no details'}).",
                     'Re-download or re-export it, or repair it (e.g. `qpdf broken.pdf fixed.pdf`).')
 
@@ -128,8 +147,11 @@ def _pdfinfo(path, password:str|None=None, timeout:int=120)->dict:
     "poppler's `pdfinfo` fields for the PDF at `path`, with its problems as `PDFError`s."
     _check_source(path); _require_poppler()
     try: info = pdfinfo_from_path(str(path), userpw=password, ownerpw=password, timeout=timeout)
-    except PDFInfoNotInstalledError: raise PopplerMissingError(f"poppler's pdfinfo cannot be run. {POPPLER_INSTALL}") from None
-    except PDFPopplerTimeoutError: raise PDFError(path, f'took more than {timeout} s to open.', 'It may be damaged or huge; check it in a viewer.') from None
+    except PDFInfoNotInstalledError:
+        raise PopplerMissingError(f"poppler's pdfinfo cannot be run. {POPPLER_INSTALL}") from None
+    except PDFPopplerTimeoutError:
+        raise PDFError(path, f'took more than {timeout} s to open.',
+                       'It may be damaged or huge; check it in a viewer.') from None
     except PDFPageCountError as e: raise _poppler_error(path, str(e), password) from None
     if not info.get('Pages'): raise _poppler_error(path, 'Invalid page count 0', password)
     return info
@@ -237,7 +259,8 @@ def _render_pdfium(path:Path, folder:Path, pages:list[int], max_size=1024, dpi=N
     finally: doc.close()
 
 # %% ../nbs/01_rasterize.ipynb #e34c88e1
-def _render_poppler(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None, password=None):
+def _render_poppler(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None,
+                    password=None):
     "Render `pages` of the PDF with poppler's `pdftoppm`, `thread_count` processes at a time."
     tc = thread_count or min(4, os.cpu_count() or 1)
     pts = [float(x) for x in re.findall(r'[\d.]+', info.get('Page size', ''))[:2]] or [842.0]
@@ -251,16 +274,20 @@ def _render_poppler(path:Path, folder:Path, pages:list[int], info:dict, max_size
             except (PDFInfoNotInstalledError, FileNotFoundError): _require_poppler(); raise
             except PDFPageCountError as e: raise _poppler_error(path, str(e), password) from None
             if len(ims) != last - first + 1:
-                raise PDFError(path, f'is corrupt: poppler rendered {len(ims)} of its pages {first}-{last}.', 'Re-download or re-export it.')
+                raise PDFError(path, f'is corrupt: poppler rendered {len(ims)} of its pages {first}-{last}.',
+                               'Re-download or re-export it.')
             for s in saving: s.result()  # at most two chunks in memory
             saving = [pool.submit(_save_png, im, folder/_page_name(first+i)) for i, im in enumerate(ims)]
         for s in saving: s.result()
 
 # %% ../nbs/01_rasterize.ipynb #c758ec93
-def _render_pdf(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None, password=None):
+def _render_pdf(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None,
+                password=None):
     "Render `pages` of the PDF at `path` into `folder` as `page-NNNN.png`: PDFium, else poppler."
-    try: return _render_pdfium(path, folder, pages, max_size, dpi, thread_count or min(4, os.cpu_count() or 1), password)
-    except _PdfiumFailed: pass   # a PDF PDFium cannot open or draw (or no pypdfium2): poppler's turn, with its clear errors
+    try: return _render_pdfium(path, folder, pages, max_size, dpi, thread_count or min(4, os.cpu_count() or 1),
+                               password)
+    # a PDF PDFium cannot open or draw (or no pypdfium2): poppler's turn, with its clear errors
+    except _PdfiumFailed: pass
     _render_poppler(path, folder, pages, info, max_size, dpi, thread_count, password)
 
 # %% ../nbs/01_rasterize.ipynb #5691320f
@@ -308,7 +335,8 @@ def _load_image(path:Path, max_size:int=1024)->Image.Image:
             im.draft('RGB', (max_size, max_size))  # JPEG: decode at a reduced scale, still >= max_size
             im = to_rgb(ImageOps.exif_transpose(im))
     except Exception as e:
-        raise PDFError(path, f'is not a readable image ({type(e).__name__}: {e}).', 'Re-export it as PNG or JPEG.') from None
+        raise PDFError(path, f'is not a readable image ({type(e).__name__}: {e}).',
+                       'Re-export it as PNG or JPEG.') from None
     im.thumbnail((max_size, max_size), Image.LANCZOS)
     return im
 
@@ -320,7 +348,8 @@ def rasterize_image(path, # an image file
     "Save an image file as a one-page source (RGB PNG) and return its record."
     _check_args(max_size)
     path = Path(path).expanduser().resolve()
-    if b'%PDF-' in _check_source(path, pdf=False): raise PDFError(path, 'is a PDF, not an image.', 'Use rasterize_pdf() or rasterize().')
+    if b'%PDF-' in _check_source(path, pdf=False):
+        raise PDFError(path, 'is a PDF, not an image.', 'Use rasterize_pdf() or rasterize().')
     sha = file_sha256(path)
     folder = _page_folder(path, sha, pages_dir)
     if _pages_to_render(folder, 1, {'kind': 'image', 'pages': 1, 'max_size': max_size}):
@@ -349,7 +378,8 @@ def iter_inputs(paths, # a file or folder, or a list of them
         except PDFError as e: yield e; continue
         if Path(p).expanduser().is_dir():
             if root is not None: files = [f for f in files if not f.is_relative_to(root)]
-            if not files: warnings.warn(f'{p}: contains no PDF or image ({", ".join(PDF_EXTS + IMAGE_EXTS)}).', stacklevel=3)
+            if not files:
+                warnings.warn(f'{p}: contains no PDF or image ({", ".join(PDF_EXTS + IMAGE_EXTS)}).', stacklevel=3)
         for f in files:
             if f not in seen: seen.add(f); yield f
 

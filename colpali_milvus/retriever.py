@@ -4,19 +4,40 @@
 
 # %% ../nbs/05b_retriever.ipynb #ff089cf0
 from __future__ import annotations
+
 import time
 from collections import OrderedDict
+
 import numpy as np
 from fastcore.basics import patch
 from pymilvus import mkts_from_unixtime
+
+from .candidates import LocalCandidates, MilvusCandidates, centroid_block, page_centroids
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
 from .maxsim import as_matrix, bf16_bits, block_maxsim, max_norms, rank, rerank
-from .store import (DeadlineClient, PageFiles, META_FIELDS, VECTORS_SUFFIX, CENTROIDS_SUFFIX, MAX_CHUNKS, BLOB_CHARS,
-                    BLOB_BATCH, MAX_IDS,
-                    blob_pk, blob_rows, check_page_id, from_blob, index_params, lite_data_dir, n_chunks, page_row,
-                    pages_schema, vectors_schema)
-from .candidates import LocalCandidates, MilvusCandidates, centroid_block, page_centroids
-from .store import open_client, close_client  # noqa: F401 (the tutorial imports them from here)
+from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from here)
+    BLOB_BATCH,
+    BLOB_CHARS,
+    CENTROIDS_SUFFIX,
+    MAX_CHUNKS,
+    MAX_IDS,
+    META_FIELDS,
+    VECTORS_SUFFIX,
+    DeadlineClient,
+    PageFiles,
+    blob_pk,
+    blob_rows,
+    check_page_id,
+    close_client,
+    from_blob,
+    index_params,
+    lite_data_dir,
+    n_chunks,
+    open_client,
+    page_row,
+    pages_schema,
+    vectors_schema,
+)
 
 # %% auto #0
 __all__ = ['FEWEST_VECTORS', 'candidate_dtype', 'MilvusColbertRetriever', 'SmallCollection']
@@ -34,7 +55,8 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
 class MilvusColbertRetriever:
     "Multi-vector page store on Milvus with exact MaxSim ranking (interface of the Milvus ColPali notebook)."
     def __init__(self, milvus_client, # a `MilvusClient` (see `store.open_client`)
-                 collection_name:str, # name of the pages collection; servers add `<name>__vectors` and `<name>__centroids`
+                 # name of the pages collection; servers add `<name>__vectors` and `<name>__centroids`
+                 collection_name:str,
                  dim:int=128, # vector dimension (ColPali: 128); an existing collection's own dim wins
                  n_candidates:int=100, # pages reranked exactly per query
                  pool:int=96, # centroids per page for the candidate stage (at most 128)
@@ -42,8 +64,10 @@ class MilvusColbertRetriever:
                  refresh_s:float=2.0, # on a server: writes by other clients are seen within this many seconds
                  timeout:float|None=60.0, # seconds a data call (get, search, upsert...) may take; None: no limit
                  exhaustive_rows:int=300_000, # collections of at most this many vectors are scored exhaustively
-                 cand_dtype:str='auto', # products on centroids (and screens) in 'bfloat16' or 'float32'; 'auto': bfloat16 where the CPU runs it natively
-                 memory_budget:int=2<<30, # bytes this client may hold: the small collections' matrix, page vectors read from a server
+                 # centroid and screen products: 'bfloat16' or 'float32'; 'auto': bfloat16 if the CPU runs it natively
+                 cand_dtype:str='auto',
+                 # bytes this client may hold: the small collections' matrix, page vectors read from a server
+                 memory_budget:int=2<<30,
                  shards:int=1, # shards of new collections on a server
                 ):
         self.collection_name, self.dim = collection_name, dim
@@ -112,7 +136,8 @@ def _require(self:MilvusColbertRetriever):
 
 # %% ../nbs/05b_retriever.ipynb #95605c98
 @patch
-def create_collection(self:MilvusColbertRetriever, properties:dict|None=None # string properties to record (e.g. the model)
+def create_collection(self:MilvusColbertRetriever,
+                      properties:dict|None=None # string properties to record (e.g. the model)
                      ):
     "Create (or re-create, dropping the old data) the collections, indexed and loaded."
     for c in (self.collection_name, self.vectors_collection, self.collection_name + CENTROIDS_SUFFIX):
@@ -126,7 +151,8 @@ def create_collection(self:MilvusColbertRetriever, properties:dict|None=None # s
         self.client.create_index(self.vectors_collection, index_params(self.client, 'vector'), sync=True)
         self.client.load_collection(self.vectors_collection)
         self.centroids.create(self.shards)
-    self.client.create_collection(self.collection_name, schema=pages_schema(self.client, self.dim), num_shards=self.shards,
+    self.client.create_collection(self.collection_name, schema=pages_schema(self.client, self.dim),
+                                  num_shards=self.shards,
                                   properties={k: str(v) for k, v in (properties or {}).items()} or None,
                                   consistency_level='Strong')
     self.client.create_index(self.collection_name, index_params(self.client, 'vector'), sync=True)
@@ -182,7 +208,8 @@ def _check_pages(self:MilvusColbertRetriever, page_ids, vectors, meta)->tuple[li
     "Ids, float32 vectors and metadata of a batch of pages, or a clear error."
     ids = [check_page_id(i) for i in page_ids]
     meta = meta or [{}] * len(ids)
-    if not len(ids) == len(vectors) == len(meta): raise ValueError("page_ids, vectors and meta must have the same length.")
+    if not len(ids) == len(vectors) == len(meta):
+        raise ValueError("page_ids, vectors and meta must have the same length.")
     if len(set(ids)) != len(ids): raise ValueError("page_ids must be distinct.")
     vs = [as_matrix(v, self.dim, what=f"vectors of page {i}") for i, v in zip(ids, vectors)]
     most = MAX_CHUNKS * BLOB_CHARS * 3 // 8 // self.dim
@@ -203,7 +230,8 @@ def add_pages(self:MilvusColbertRetriever, page_ids:list, # the pages' ids (the 
     means = [v.mean(0) / (np.linalg.norm(v.mean(0)) or 1.0) for v in vs]
     if self.files is not None:
         where = self.files.append(vs, [bf16_bits(centroid_block(c, self.pool)) for c in cents], ids)
-        rows = [page_row(i, mu, len(v), len(c), m, off, slot) for i, mu, v, c, m, (off, slot) in zip(ids, means, vs, cents, meta, where)]
+        rows = [page_row(i, mu, len(v), len(c), m, off, slot)
+                for i, mu, v, c, m, (off, slot) in zip(ids, means, vs, cents, meta, where)]
         self.db.upsert(self.collection_name, rows)
     else: self._write_server(ids, vs, cents, means, meta)
     self._changed()
@@ -213,14 +241,16 @@ def add_pages(self:MilvusColbertRetriever, page_ids:list, # the pages' ids (the 
 def _write_server(self:MilvusColbertRetriever, ids:list, vs:list, cents:list, means:list, meta:list):
     "Write pages to a server: blob and centroid rows, then page rows; then drop what a smaller new version left."
     own = {'consistency_level': 'Session'}   # sees this client's writes (and older ones) without a strong read
-    old = {r['page_id']: r for r in self.db.get(self.collection_name, ids=ids, output_fields=['n_vectors', 'n_pooled'], **own)}
+    old = {r['page_id']: r
+           for r in self.db.get(self.collection_name, ids=ids, output_fields=['n_vectors', 'n_pooled'], **own)}
     # new pages are inserted; the others upserted (delete + insert: slower), and so are pages whose blob or
     # centroid rows a crash left without a page row (an insert would store their keys twice)
     left = {int(b['doc_id']) for b in self.db.get(self.vectors_collection, ids=[blob_pk(i, 0) for i in ids],
                                                   output_fields=['doc_id'], **own)}
     left |= self.centroids.stored([i for i in ids if i not in old and i not in left], **own)
     for new in (True, False):
-        part = [(i, v, c, mu, m) for i, v, c, mu, m in zip(ids, vs, cents, means, meta) if (i not in old and i not in left) == new]
+        part = [(i, v, c, mu, m) for i, v, c, mu, m in zip(ids, vs, cents, means, meta)
+                if (i not in old and i not in left) == new]
         if not part: continue
         put = self.db.insert if new else self.db.upsert
         blobs = [row for i, v, *_ in part for row in blob_rows(i, v)]
@@ -246,7 +276,8 @@ def add_page(self:MilvusColbertRetriever, page_id:int, # the page's id (the note
                                               metadata=metadata)])
 
 @patch
-def insert(self:MilvusColbertRetriever, data:dict # {"colbert_vecs": (n, dim), "doc_id": int, "filepath": str} (+ optional page fields)
+def insert(self:MilvusColbertRetriever,
+           data:dict # {"colbert_vecs": (n, dim), "doc_id": int, "filepath": str} (+ optional page fields)
           ):
     "Insert one page given as the notebook's dict."
     self.add_page(data['doc_id'], data['colbert_vecs'],
@@ -311,8 +342,8 @@ def query_pages(self:MilvusColbertRetriever, filter:str, # a Milvus expression o
                )->list[dict]:
     "The page rows matching `filter` (only `fields` of them): one query, or batches when there are more than 16,384."
     self._require()
-    first = self.db.query(self.collection_name, filter=filter, output_fields=list(fields), limit=min(limit or MAX_IDS, MAX_IDS),
-                          **read)
+    first = self.db.query(self.collection_name, filter=filter, output_fields=list(fields),
+                          limit=min(limit or MAX_IDS, MAX_IDS), **read)
     if len(first) < MAX_IDS or limit == len(first): return [{k: r[k] for k in fields} for r in first]
     it = self.db.query_iterator(self.collection_name, batch_size=MAX_IDS, filter=filter, output_fields=list(fields),
                                 **({'limit': limit} if limit else {}))
@@ -322,7 +353,10 @@ def query_pages(self:MilvusColbertRetriever, filter:str, # a Milvus expression o
     return rows
 
 @patch
-def all_page_rows(self:MilvusColbertRetriever, fields=('page_id', 'n_vectors', 'n_pooled', 'sha256'), **read)->list[dict]:
+def all_page_rows(self:MilvusColbertRetriever,
+                  fields=('page_id', 'n_vectors', 'n_pooled', 'sha256'),
+                  **read
+                 )->list[dict]:
     "Some fields of every complete page."
     return self.query_pages('', fields, **read)
 
@@ -355,11 +389,12 @@ def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n
                 )->dict:
     "Every vector of each page in `rows`, as float16 (page id -> (n_vectors, dim))."
     if self.files is not None: return {int(r['page_id']): self.files.vectors(r['offset'], r['n_vectors']) for r in rows}
-    key = lambda r: (r['n_vectors'], r.get('sha256'))
+    def key(r): return (r['n_vectors'], r.get('sha256'))
     out, todo = {}, []
     for r in rows:
         hit = self.cache.get(int(r['page_id']))
-        if hit is not None and hit[0] == key(r): out[int(r['page_id'])] = hit[1]; self.cache.move_to_end(int(r['page_id']))
+        if hit is not None and hit[0] == key(r):
+            out[int(r['page_id'])] = hit[1]; self.cache.move_to_end(int(r['page_id']))
         else: todo.append(r)
     got = self._fetch_blobs(todo, read) if todo else {}   # a page row in a snapshot has its blobs there too
     for r in todo:
@@ -424,15 +459,17 @@ def small(self:MilvusColbertRetriever)->SmallCollection|None:
     "The small collection's matrix, read again once its pages changed (None: not small)."
     now = time.monotonic()
     if self._n_pages is None or now - self._n_pages[1] > self.refresh_s / 2:
-        read = self.consistency(self.refresh_s / 2)   # read every refresh_s/2, lagging refresh_s/2: writes show in refresh_s
+        # read every refresh_s/2, lagging refresh_s/2: writes show in refresh_s
+        read = self.consistency(self.refresh_s / 2)
         n = self.num_pages(**read)
         if self._n_pages is None or n != self._n_pages[0]: self._small = None   # pages came or went: look again
         self._n_pages = (n, now)
         if self._small is False or n * FEWEST_VECTORS > self.exhaustive_rows: return None   # too many pages to be small
         rows = self.all_page_rows(META_FIELDS, **read)
-        fits = sum(r['n_vectors'] for r in rows) * self.dim * 4 <= min(self.exhaustive_rows * self.dim * 4, self.memory_budget // 2)
+        fits = (sum(r['n_vectors'] for r in rows) * self.dim * 4
+                <= min(self.exhaustive_rows * self.dim * 4, self.memory_budget // 2))
         if not fits or not rows: self._small = False; return None
-        key = lambda rs: [(r['page_id'], r['n_vectors'], r['sha256'], r['offset']) for r in rs]
+        def key(rs): return [(r['page_id'], r['n_vectors'], r['sha256'], r['offset']) for r in rs]
         if self._small is None or key(self._small.rows) != key(rows):
             cents = {}
             if self.files is not None:   # Lite: the centroid blocks, for a candidate stage in the matrix
@@ -470,7 +507,8 @@ def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q
 @patch
 def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
                  k:int=10, # pages to return
-                 page_ids:list|None=None # only these pages (None: all); up to `n_candidates` of them are all scored exactly
+                 # only these pages (None: all); up to `n_candidates` of them are all scored exactly
+                 page_ids:list|None=None
                 )->list[tuple[float, dict]]:
     "The best `k` pages by exact MaxSim over every vector: [(score, page row), ...], best first."
     self._require()

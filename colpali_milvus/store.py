@@ -4,12 +4,18 @@
 
 # %% ../nbs/05_store.ipynb #65d541b5
 from __future__ import annotations
-import base64, logging, os, re
+
+import base64
+import logging
+import os
+import re
 from pathlib import Path
+
 import numpy as np
 from fastcore.basics import patch
-from pymilvus import MilvusClient, DataType
+from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
+
 from .core import ColPaliMilvusError, DatabaseLockedError, MilvusUnavailableError
 
 # %% auto #0
@@ -26,7 +32,8 @@ def is_local_uri(uri:str)->bool:
 
 def lite_servers()->dict:
     "Milvus Lite databases this process has open: absolute path -> (server, database, port)."
-    try: from milvus_lite.server_manager import server_manager_instance
+    try:
+        from milvus_lite.server_manager import server_manager_instance
     except ImportError: return {}
     return dict(server_manager_instance._servers)
 
@@ -53,7 +60,8 @@ def lite_locked(path)->bool:
 class _DropLiteNoise(logging.Filter):
     "Milvus Lite lacks calls pymilvus makes (AllocTimestamp, mvccTs for iterators); their harmless failures are noise."
     def filter(self, record): return not any(m in record.getMessage() for m in ('Method not implemented', 'mvccTs'))
-for _name in ('grpc._server', 'pymilvus.client.iterator.query_iterator'): logging.getLogger(_name).addFilter(_DropLiteNoise())
+for _name in ('grpc._server', 'pymilvus.client.iterator.query_iterator'):
+    logging.getLogger(_name).addFilter(_DropLiteNoise())
 
 # %% ../nbs/05_store.ipynb #4a9e7246
 def _locked_error(uri):
@@ -178,7 +186,7 @@ def sources_expr(sources:list)->str:
     return f"source in [{', '.join(_literal(str(s)) for s in sources)}]"
 
 def metadata_expr(where:dict)->str:
-    "Expression matching pages whose metadata satisfy every condition of `where` (a value, or a list of allowed values)."
+    "Expression matching pages whose metadata meet every condition of `where` (a value, or a list of allowed values)."
     parts = []
     for k, want in where.items():
         if not isinstance(k, str) or not re.fullmatch(r'[A-Za-z0-9_\-. ]+', k):
@@ -186,7 +194,8 @@ def metadata_expr(where:dict)->str:
         field = f'metadata[{_literal(k)}]'
         if isinstance(want, (list, tuple, set, frozenset)):
             vals = list(want)
-            parts.append(' or '.join(f'{field} == {_literal(v)}' for v in vals) or 'page_id < 0')   # Lite: no `in` on JSON
+            # Lite: no `in` on JSON
+            parts.append(' or '.join(f'{field} == {_literal(v)}' for v in vals) or 'page_id < 0')
         else: parts.append(f'{field} == {_literal(want)}')
     return ' and '.join(f'({p})' for p in parts) or ''
 

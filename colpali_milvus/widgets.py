@@ -4,12 +4,19 @@
 
 # %% ../nbs/06_widgets.ipynb #78164e3f
 from __future__ import annotations
-import functools, html, io, math, os
+
+import functools
+import html
+import io
+import math
+import os
 from dataclasses import fields
 from pathlib import Path
+
 import ipywidgets as widgets
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
-from .core import SearchResult, PDFError, positive_int
+
+from .core import PDFError, SearchResult, positive_int
 from .rasterize import to_rgb
 
 # %% auto #0
@@ -90,7 +97,8 @@ def _page_png(r:SearchResult, side:int):
     except (OSError, PDFError): return _placeholder_png(side), f'page image unreadable: {r.image_path}'
 
 def _note_html(note:str)->str:
-    return f'<div style="font-size:11px;line-height:1.3;color:#b00020;white-space:normal;overflow-wrap:anywhere">⚠ {html.escape(note)}</div>' if note else ''
+    return ('<div style="font-size:11px;line-height:1.3;color:#b00020;white-space:normal;overflow-wrap:anywhere">'
+            f'⚠ {html.escape(note)}</div>' if note else '')
 
 # %% ../nbs/06_widgets.ipynb #88f0cb47
 def result_card(result:SearchResult, # a `SearchResult`, or a dict with its keys

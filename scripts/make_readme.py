@@ -9,7 +9,7 @@ root = Path(__file__).resolve().parent.parent
 def cell_text(c)->str:
     src = ''.join(c['source']).strip()
     if c['cell_type'] == 'markdown': return src
-    lines = [l for l in src.splitlines() if not l.startswith('#|')]
+    lines = [line for line in src.splitlines() if not line.startswith('#|')]
     return '```python\n' + '\n'.join(lines).strip() + '\n```' if lines else ''
 
 def make_readme(nb=root/'nbs'/'index.ipynb', out=root/'README.md'):

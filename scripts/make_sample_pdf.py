@@ -15,17 +15,19 @@ Only reportlab's built-in Type 1 fonts are used (nothing embedded) and the docum
 Usage: python scripts/make_sample_pdf.py [--out PATH]
 """
 from __future__ import annotations
-import argparse, math
+
+import argparse
+import math
 from pathlib import Path
 
+from reportlab.graphics.charts.lineplots import LinePlot
+from reportlab.graphics.shapes import Drawing, Group, Line, String
+from reportlab.graphics.widgets.markers import makeMarker
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import letter
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import inch
 from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
-from reportlab.graphics.shapes import Drawing, Group, Line, String
-from reportlab.graphics.charts.lineplots import LinePlot
-from reportlab.graphics.widgets.markers import makeMarker
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent/'colpali_milvus'/'data'/'sample.pdf'
 
@@ -172,7 +174,8 @@ def _figure(st):
     lp.x, lp.y, lp.width, lp.height = 60, 55, 6.2*inch - 90, 4.2*inch - 85
     groups = ['term', 'neural', 'late interaction']
     lp.data = [[(math.log10(ms), mrr) for _, mrr, ms, k in RESULTS if k == g] for g in groups]
-    for i, (c, m) in enumerate([(colors.grey, 'Square'), (colors.darkorange, 'Triangle'), (colors.blue, 'FilledCircle')]):
+    for i, (c, m) in enumerate([(colors.grey, 'Square'), (colors.darkorange, 'Triangle'),
+                                (colors.blue, 'FilledCircle')]):
         lp.lines[i].strokeColor = c
         lp.lines[i].strokeWidth = 0
         lp.lines[i].symbol = makeMarker(m, size=7, fillColor=c, strokeColor=c)
@@ -185,8 +188,8 @@ def _figure(st):
     lp.yValueAxis.visibleGrid = 1
     lp.yValueAxis.gridStrokeColor = colors.Color(0.85, 0.85, 0.85)
     d.add(lp)
-    sx = lambda v: lp.x + (v - 1)/4*lp.width
-    sy = lambda v: lp.y + (v - 15)/25*lp.height
+    def sx(v): return lp.x + (v - 1)/4*lp.width
+    def sy(v): return lp.y + (v - 15)/25*lp.height
     for m, mrr, ms, k in RESULTS:
         d.add(String(sx(math.log10(ms)) + 6, sy(mrr) + 3, m, fontName='Helvetica', fontSize=7))
     d.add(String(lp.x + lp.width/2, 15, 'Query latency (ms, log scale)', fontName='Helvetica', fontSize=10,

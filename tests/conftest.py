@@ -1,6 +1,7 @@
 """Shared pytest fixtures: the tiny random ColPali (built once per session) and the bundled sample PDF."""
 import os
 from pathlib import Path
+
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
@@ -26,7 +27,8 @@ TINY_FAMILIES = ("colpali", "colqwen2", "colqwen2.5", "colsmol")  # the families
 
 @pytest.fixture(scope="session")
 def tiny_family_dir(tmp_path_factory):
-    "A function: family ('colpali', 'colqwen2', 'colqwen2.5', 'colsmol') -> folder of its tiny random model, built once per session."
+    """A function: family ('colpali', 'colqwen2', 'colqwen2.5', 'colsmol') -> folder of its tiny random model, built
+    once per session."""
     from colpali_milvus.tiny import build_tiny
     root, built = tmp_path_factory.mktemp("tiny-families"), {}
     def get(family):
@@ -39,6 +41,7 @@ def tiny_family_dir(tmp_path_factory):
 def encoder(tiny_model_dir):
     "A `ColPaliEncoder` on the tiny ColPali, on the CPU (loaded once per session; its randomness warning silenced)."
     import warnings
+
     from colpali_milvus.encode import ColPaliEncoder
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

@@ -6,7 +6,11 @@ long after the write the first search that found it started (or that no longer f
 started more than `refresh_s` after a write and missed it (`late`; a page whose deletion began before the search
 started may be missed), its errors and its RssAnon.
 """
-import json, subprocess, sys, textwrap, time
+import json
+import subprocess
+import sys
+import textwrap
+import time
 
 READER = textwrap.dedent('''
     import json, sys, time, numpy as np
@@ -21,7 +25,8 @@ READER = textwrap.dedent('''
     r = MilvusColbertRetriever(open_client(uri), 'live', refresh_s=refresh, exhaustive_rows=0, n_candidates=10,
                                memory_budget=64 << 20)
     def deleting(pid, before):   # the writer began deleting pid before `before` (after this loop read the log)
-        return any(e['op'] == 'delete' and e['pid'] == pid and e['t0'] < before for e in map(json.loads, open(log_path)))
+        return any(e['op'] == 'delete' and e['pid'] == pid and e['t0'] < before
+                   for e in map(json.loads, open(log_path)))
     seen, gone, errors, late, searches, rss = {}, {}, [], [], 0, []
     while time.time() < stop_at:
         try: events = [json.loads(l) for l in open(log_path)]
@@ -38,10 +43,12 @@ READER = textwrap.dedent('''
                 if pid not in top: gone.setdefault(pid, start - deleted[pid])
                 elif start - deleted[pid] > refresh: late.append(('delete', pid, start - deleted[pid]))
             elif top[:1] == [pid]: seen.setdefault(pid, start - stored[pid])
-            elif start - stored[pid] > refresh and not deleting(pid, start): late.append(('add', pid, start - stored[pid]))
+            elif start - stored[pid] > refresh and not deleting(pid, start):
+                late.append(('add', pid, start - stored[pid]))
         if searches: rss.append(anon())   # from the first search on (it imports torch)
         time.sleep(0.02)
-    print(json.dumps({'seen': seen, 'gone': gone, 'errors': errors, 'late': late, 'searches': searches, 'rss': [rss[len(rss)//4], rss[-1]]}))
+    print(json.dumps({'seen': seen, 'gone': gone, 'errors': errors, 'late': late, 'searches': searches,
+                      'rss': [rss[len(rss)//4], rss[-1]]}))
 ''')
 
 WRITER = textwrap.dedent('''

@@ -1,26 +1,42 @@
-"""Start and stop local Milvus servers for tests: `milvus-lite server` and the `milvus` 2.3.5 standalone (`milvus-server`).
+"""Start and stop local Milvus servers for tests: `milvus-lite server` and the `milvus` 2.3.5
+standalone (`milvus-server`).
 
-Every server listens on 127.0.0.1 on ports found free by binding port 0, keeps its data in its own directory, runs in its
-own process group (so stopping it also stops its children) and dies with the test process (PR_SET_PDEATHSIG, plus an
+Every server listens on 127.0.0.1 on ports found free by binding port 0, keeps its data in its own directory, runs in
+its own process group (so stopping it also stops its children) and dies with the test process (PR_SET_PDEATHSIG, plus an
 atexit hook), so no process outlives the tests, whatever happens to them.
 
 Ports of the `milvus` 2.3.5 standalone (found by reading `milvus/__init__.py` and `config.yaml.template` of the PyPI
-package): `milvus-server` writes `<data>/configs/milvus.yaml` from a template with ten ports (etcd 2379, rootCoord 53100,
-proxy 19530, proxy internal 19529, queryCoord 19531, queryNode 21123, indexCoord 22930, indexNode 21121, dataCoord 13333,
-dataNode 21124). A `--x-port P` flag does not pin a port: the wrapper scans upward from P (default: the template's
-value) for the first port it can bind, then releases it before starting `milvus`. Two more ports are not flags at all:
-the metrics/REST/healthz port (env METRICS_PORT, scanned upward from 9091 by the wrapper) and the embedded etcd's peer
-port (2380, etcd's own default, since Milvus only reads etcd's listen addresses from an etcd config file). So two
-standalones started with default flags clash on 2379/2380/... . Here every flag gets a free port, the embedded etcd gets
-a config file (env ETCD_CONFIG_PATH, which Milvus maps onto `etcd.config.path`) with a free client and peer port, and
-starts are serialised with a file lock so that two concurrent wrappers cannot pick the same metrics port. MinIO, Pulsar
-and Kafka are not used: storage is local files and the message queue is the embedded RocksMQ (no port). Its wrapper
-only handles SIGINT (SIGTERM would orphan `milvus`), so that is what `stop()` sends it. Restarting a standalone on the
-same ports right away fails (its proxy port is in TIME_WAIT and the wrapper then silently moves to the next port; caught
-by `_check_ports`), and on the same data directory it takes ~55 s (old etcd sessions must expire): start a new one.
+package): `milvus-server` writes `<data>/configs/milvus.yaml` from a template with ten ports (etcd 2379, rootCoord
+53100, proxy 19530, proxy internal 19529, queryCoord 19531, queryNode 21123, indexCoord 22930, indexNode 21121,
+dataCoord 13333, dataNode 21124). A `--x-port P` flag does not pin a port: the wrapper scans upward from P (default: the
+template's value) for the first port it can bind, then releases it before starting `milvus`. Two more ports are not
+flags at all: the metrics/REST/healthz port (env METRICS_PORT, scanned upward from 9091 by the wrapper) and the embedded
+etcd's peer port (2380, etcd's own default, since Milvus only reads etcd's listen addresses from an etcd config file).
+So two standalones started with default flags clash on 2379/2380/... . Here every flag gets a free port, the embedded
+etcd gets a config file (env ETCD_CONFIG_PATH, which Milvus maps onto `etcd.config.path`) with a free client and peer
+port, and starts are serialised with a file lock so that two concurrent wrappers cannot pick the same metrics port.
+MinIO, Pulsar and Kafka are not used: storage is local files and the message queue is the embedded RocksMQ (no port).
+Its wrapper only handles SIGINT (SIGTERM would orphan `milvus`), so that is what `stop()` sends it. Restarting a
+standalone on the same ports right away fails (its proxy port is in TIME_WAIT and the wrapper then silently moves to the
+next port; caught by `_check_ports`), and on the same data directory it takes ~55 s (old etcd sessions must expire):
+start a new one.
 """
 from __future__ import annotations
-import atexit, contextlib, fcntl, logging, os, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+
+import atexit
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 __all__ = ['READY_TIMEOUT', 'ServerStartError', 'ServerProcess', 'find_executable', 'free_ports',
@@ -185,7 +201,8 @@ class ServerProcess:
 
 def _children(pid:int)->list|None:
     "Live child processes of `pid` (None when psutil is missing)."
-    try: import psutil
+    try:
+        import psutil
     except ImportError: return None
     try: return [c for c in psutil.Process(pid).children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
     except psutil.Error: return []
@@ -273,7 +290,8 @@ class PendingStandalone:
         argv = [self.exe, '--data', base]
         for flag in _PORT_FLAGS: argv += [f'--{flag}-port', ports[flag]]
         s = ServerProcess('milvus-server (Milvus 2.3.5 standalone)', argv, ports['proxy'], base,
-                          base/'milvus-server.log', env=env, stop_signal=signal.SIGINT,  # its wrapper stops milvus on SIGINT only
+                          # its wrapper stops milvus on SIGINT only
+                          base/'milvus-server.log', env=env, stop_signal=signal.SIGINT,
                           extra_logs=(base/'logs'/'milvus-stderr.log', base/'logs'/'milvus-stdout.log'))
         s.ports, s.check = ports, _check_ports
         self.lock.acquire(self.timeout)
@@ -315,9 +333,9 @@ def _check_ports(s:ServerProcess):
     except OSError: return
     m = re.search(r'^proxy:\n(?:[ #].*\n|\n)*?  port: (\d+)', text, re.M)
     if m and int(m.group(1)) != s.port:
-        raise ServerStartError(f"{s.name} listens on port {m.group(1)}, not {s.port} as asked: port {s.port} was busy "
-                               f"(e.g. TIME_WAIT after a restart; the wrapper binds without SO_REUSEADDR and then scans "
-                               f"upward). Start it on new ports instead.\n{s.log_tail()}", exited=True)
+        raise ServerStartError(f"{s.name} listens on port {m.group(1)}, not {s.port} as asked: port {s.port} was "
+                               f"busy (e.g. TIME_WAIT after a restart; the wrapper binds without SO_REUSEADDR and then "
+                               f"scans upward). Start it on new ports instead.\n{s.log_tail()}", exited=True)
 
 
 def launch_milvus_standalone(data_dir, timeout:float=READY_TIMEOUT)->PendingStandalone:

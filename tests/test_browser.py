@@ -1,10 +1,15 @@
 """The explorer as a person sees it: an executed notebook, exported to HTML with its widget state, opened in headless
 Chromium; pixel checks that the thumbnails and the heatmap are painted. The screenshot is kept in test-artifacts/."""
-import json, os, shutil, tempfile
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
+
 from colpali_milvus.widgets import thumbnail_png
 
 HERE = Path(__file__).parent
@@ -68,7 +73,8 @@ def screenshot(html:Path, png:Path, n_images:int)->dict:
     drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
     try:
         drv.get(html.as_uri())
-        WebDriverWait(drv, 60).until(lambda d: (lambda s: s['ready'] and s['n'] >= n_images)(d.execute_script(RECTS_JS)))
+        WebDriverWait(drv, 60).until(
+            lambda d: (lambda s: s['ready'] and s['n'] >= n_images)(d.execute_script(RECTS_JS)))
         drv.execute_script("document.querySelector('.widget-image').closest('.jp-Cell').scrollIntoView();")
         info = drv.execute_script(RECTS_JS)
         drv.save_screenshot(str(png))
@@ -78,8 +84,8 @@ def screenshot(html:Path, png:Path, n_images:int)->dict:
         shutil.rmtree(profile, ignore_errors=True)
 
 def crop(shot:Image.Image, rect, dpr:float=1.)->np.ndarray:
-    l, t, w, h = (v*dpr for v in rect)
-    return np.asarray(shot.crop((round(l), round(t), round(l+w), round(t+h))).convert('RGB'), np.float32)
+    left, top, w, h = (v*dpr for v in rect)
+    return np.asarray(shot.crop((round(left), round(top), round(left+w), round(top+h))).convert('RGB'), np.float32)
 
 def heat_colour(h:float, alpha:float=0.6)->np.ndarray:
     "The colour of a white page under a patch of heat `h`, as `blend_heatmap` paints it."
@@ -143,7 +149,8 @@ def test_heatmap_is_painted_on_the_patch_grid(rendered):
     h, w = px.shape[:2]
     dist = []
     for y in range(ny):
-        for x in range(nx):  # the paper colour of each patch (the median skips text) is the colormap's colour for its heat
+        # the paper colour of each patch (the median skips text) is the colormap's colour for its heat
+        for x in range(nx):
             cell = px[int((y+.15)*h/ny):int((y+.85)*h/ny), int((x+.15)*w/nx):int((x+.85)*w/nx)].reshape(-1, 3)
             paper = cell[np.argsort(cell.sum(1))[len(cell)*3//4]]  # a light pixel: paper, not ink
             dist.append(np.abs(paper - heat_colour(heat[y, x])).max())

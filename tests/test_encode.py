@@ -1,4 +1,5 @@
-"""Tests of colpali_milvus.encode on the tiny random ColPali: devices, dtypes, offline-safe model resolution, encoding."""
+"""Tests of colpali_milvus.encode on the tiny random ColPali: devices, dtypes, offline-safe model resolution,
+encoding."""
 import json
 import shutil
 import time
@@ -11,9 +12,18 @@ from PIL import Image
 
 import colpali_milvus.encode as E
 from colpali_milvus.core import ColPaliMilvusError, ModelUnavailableError, PageRecord, PDFError
+from colpali_milvus.encode import (
+    ColPaliEncoder,
+    EncoderOptionError,
+    TinyModelWarning,
+    UnsupportedModelError,
+    cpu_has_fast_bf16,
+    hub_reachable,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+)
 from colpali_milvus.rasterize import to_rgb
-from colpali_milvus.encode import (ColPaliEncoder, EncoderOptionError, TinyModelWarning, UnsupportedModelError,
-                                   cpu_has_fast_bf16, hub_reachable, pick_device, pick_dtype, resolve_model)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,11 @@
 """The evaluation harness: metrics against hand-computed values and trec_eval, and a labelled set on the sample PDF."""
-import math, random
+import math
+import random
+
 import pytest
+
 from colpali_milvus.core import SearchResult
-from colpali_milvus.evaluate import evaluate, score_results, check_page_keys, Evaluation
+from colpali_milvus.evaluate import Evaluation, check_page_keys, evaluate, score_results
 from colpali_milvus.index import ColPaliIndex, page_id_for
 
 
@@ -27,7 +30,8 @@ def test_graded_by_hand():
 
 
 def test_matches_trec_eval():
-    "Random graded runs: every per-query value equals pytrec_eval's ndcg_cut / recall (recip_rank where the first hit is within k)."
+    """Random graded runs: every per-query value equals pytrec_eval's ndcg_cut / recall (recip_rank where the first hit
+    is within k)."""
     pytrec_eval = pytest.importorskip('pytrec_eval')
     rng = random.Random(0)
     docs = [f'd{i}.pdf#{p}' for i in range(8) for p in (1, 2)]

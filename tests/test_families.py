@@ -1,4 +1,5 @@
-"""Every model family (ColPali, ColQwen2, ColQwen2.5, ColSmol) on its tiny random model: encode, index, search, patch grid."""
+"""Every model family (ColPali, ColQwen2, ColQwen2.5, ColSmol) on its tiny random model: encode, index, search, patch
+grid."""
 import json
 import shutil
 import warnings
@@ -6,14 +7,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FAMILIES
 from PIL import Image
 
 from colpali_milvus.encode import FAMILIES, ColPaliEncoder, TinyModelWarning
 from colpali_milvus.index import ColPaliIndex
 from colpali_milvus.maxsim import maxsim
 from colpali_milvus.tiny import TINY_ALIASES, is_tiny_random
-
-from conftest import TINY_FAMILIES
 
 # tiny family -> (encoder.family, config model_type, patch grid depends on the page's shape)
 EXPECTED = {"colpali": ("ColPali", "paligemma", False), "colqwen2": ("ColQwen2", "qwen2_vl", True),
@@ -95,7 +95,8 @@ def test_pages_same_alone_or_batched(fam_enc):
     pages = _pages()
     alone = enc.encode_images(pages, batch_size=1, progress=False)
     batched = enc.encode_images(pages, batch_size=4, progress=False)  # padded to the longest page for ColQwen/ColSmol
-    for a, b in zip(alone, batched):
+    assert len(alone) == len(batched) == len(pages)
+    for a, b in zip(alone, batched, strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -115,7 +116,7 @@ def test_queries_shapes_and_padding(fam_enc):
     lengths = [int(enc.processor.process_queries([q])["attention_mask"].sum()) for q in QUERIES]
     assert [v.shape for v in vecs] == [(n, 128) for n in lengths]
     assert lengths[1] < lengths[0]  # so the batch above was padded
-    for v, q in zip(vecs, QUERIES):
+    for v, q in zip(vecs, QUERIES, strict=True):
         assert np.isfinite(v).all()
         np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
         np.testing.assert_allclose(enc.encode_queries(q)[0], v, atol=1e-5)  # alone == padded in a batch
@@ -125,8 +126,6 @@ def test_queries_shapes_and_padding(fam_enc):
 
 def test_queries_equal_colpali_engine_alone(fam_enc):
     fam, enc = fam_enc
-    if fam == "colpali":
-        pytest.skip("ColPali's lean forward is checked against colpali-engine's in test_encode.py")
     batch = enc.processor.process_queries([QUERIES[0]])
     with torch.inference_mode():
         theirs = enc.model(**batch)[0]
@@ -178,7 +177,8 @@ def test_similarity_maps_in_the_explorer(fam_enc, tmp_path, short_pdf):
         assert pm is not None and pm.grid == (g.n_cols, g.n_rows) and pm.maps.shape[1:] == (g.n_rows, g.n_cols)
         qv = enc.encode_queries("Where is the ColBERT performance table?")[0]
         pv = index.retriever.page_vectors(index.retriever.page_rows([r.page_id]))[r.page_id]
-        np.testing.assert_allclose(pm.maps[0], (qv[0] @ pv[g.positions.ravel()].T).reshape(g.n_rows, g.n_cols), atol=1e-5)
+        np.testing.assert_allclose(pm.maps[0], (qv[0] @ pv[g.positions.ravel()].T).reshape(g.n_rows, g.n_cols),
+                                   atol=1e-5)
         np.testing.assert_allclose(pm.score, r.score, rtol=1e-3)
         np.testing.assert_allclose(pm.contrib.sum(), pm.image_score, rtol=1e-4, atol=1e-4)
         assert len(ex.image.value) > 0   # the blended heatmap was drawn (PNG bytes in the widget)
@@ -256,7 +256,8 @@ def test_colsmol_grid_matches_pixels(tiny_family_dir):
 
 
 def test_colsmol_pixel_shuffle_is_row_major(tiny_family_dir):
-    "Within a tile, ColSmol's vector (i, j) holds the 2 x 2 patches at rows 2i.., columns 2j.. (what patch_grid assumes)."
+    """Within a tile, ColSmol's vector (i, j) holds the 2 x 2 patches at rows 2i.., columns 2j..
+    (what patch_grid assumes)."""
     enc = _load(tiny_family_dir("colsmol"))
     conn, s = enc.model.model.connector, enc.model.config.scale_factor
     n = enc.model.config.vision_config.image_size // enc.model.config.vision_config.patch_size

@@ -5,14 +5,23 @@ After every kill the database is reopened and checked: every page row has all it
 files, and its own centroid block), every page the child had acknowledged is there, and running the same `add` again
 encodes only what is missing and ends with the same vectors a clean run gives.
 """
-import os, queue, signal, subprocess, sys, textwrap, threading, time
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
+
 import numpy as np
 import pytest
+from hostile import make_pdf
+
 from colpali_milvus.core import MilvusUnavailableError, file_sha256
 from colpali_milvus.index import ColPaliIndex, page_id_for
 from colpali_milvus.store import META_FIELDS
-from hostile import make_pdf
 
 pytestmark = pytest.mark.timeout(600)
 N_PAGES, CHUNK = 16, 4
@@ -74,7 +83,7 @@ def run_and_kill(tmp_path, model_dir, pdf, mode, kill_when, delay=0.0, timeout=2
     p = subprocess.Popen([sys.executable, str(script), str(tmp_path / 'k.db'), str(tmp_path / 'pages'), str(model_dir),
                           str(pdf), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(l) for l in p.stdout], daemon=True).start()
+    threading.Thread(target=lambda: [lines.put(line) for line in p.stdout], daemon=True).start()
     acked, seen, t0 = set(), [], time.monotonic()
     try:
         while True:
@@ -167,7 +176,8 @@ def test_second_process_gets_a_clear_message(tmp_path, encoder, sample_pdf):
     cli = str(Path(sys.executable).parent / 'colpali-milvus')
     out = subprocess.run([cli, 'info', '--db', str(db)], capture_output=True, text=True, env=_env(), timeout=120)
     assert out.returncode == 2 and 'is open in another process' in out.stderr and 'Traceback' not in out.stderr
-    code = f"from colpali_milvus.index import ColPaliIndex\ntry: ColPaliIndex({str(db)!r})\nexcept Exception as e: print(type(e).__name__, e)"
+    code = (f"from colpali_milvus.index import ColPaliIndex\ntry: ColPaliIndex({str(db)!r})\n"
+            "except Exception as e: print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=_env(), timeout=120)
     assert out.stdout.startswith('DatabaseLockedError') and 'milvus-lite server' in out.stdout
     idx.close()  # released: now the other process can open it

@@ -3,13 +3,16 @@
 Each bad input gets a clear error that names it, the rest of the batch is indexed and reported, and nothing is
 written outside the database and the pages folder.
 """
-import os, warnings
+import os
+import warnings
 from pathlib import Path
+
 import numpy as np
 import pytest
-from colpali_milvus.core import (AddReport, DimensionMismatchError, ModelMismatchError, PDFError, SourceNotFoundError)
-from colpali_milvus.index import ColPaliIndex
 from hostile import build_corpus
+
+from colpali_milvus.core import AddReport, DimensionMismatchError, ModelMismatchError, PDFError, SourceNotFoundError
+from colpali_milvus.index import ColPaliIndex
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -119,7 +122,8 @@ def test_bad_vectors_fail_their_file_only(tmp_path, encoder, sample_pdf, monkeyp
     with pytest.warns(UserWarning):
         rep = idx.add(files, on_error='skip', progress=False)
     msgs = {Path(k).name: v for k, v in rep.errors.items()}
-    assert 'NaN' in msgs['nan.png'] and 'dimension 64, expected 128' in msgs['dim.png'] and '0 vectors' in msgs['empty.png']
+    assert ('NaN' in msgs['nan.png'] and 'dimension 64, expected 128' in msgs['dim.png']
+            and '0 vectors' in msgs['empty.png'])
     assert set(idx.sources()) == {str(tmp_path / 'good.png')}
     monkeypatch.setattr(encoder, 'encode_images', real)
     assert set(idx.add(files, progress=False).indexed) == {str(tmp_path / f'{n}.png') for n in ('nan', 'dim', 'empty')}
@@ -136,7 +140,8 @@ def test_odd_collection_names(tmp_path, name):
 def test_bad_metadata_and_arguments(tmp_path, encoder, sample_pdf):
     idx = ColPaliIndex(tmp_path / 'm.db', encoder=encoder, pages_dir=tmp_path / 'pages')
     for meta, err, msg in [(['a'], TypeError, 'must be a dict'), ({1: 'a'}, TypeError, 'string keys'),
-                           ({'s': {1}}, ValueError, 'only JSON values'), ({'x': float('inf')}, ValueError, 'only JSON values')]:
+                           ({'s': {1}}, ValueError, 'only JSON values'),
+                           ({'x': float('inf')}, ValueError, 'only JSON values')]:
         with pytest.raises(err, match=msg): idx.add(sample_pdf, metadata=meta, progress=False)
     with pytest.raises(ValueError, match="on_error must be"): idx.add(sample_pdf, on_error='ignore')
     assert len(idx) == 0 and not (tmp_path / 'pages').exists()

@@ -1,11 +1,13 @@
 """Index lifecycle: incremental add, no-op re-add, replace, remove, listing, metadata, filtered and document search,
 streaming in committed chunks with resume, and the progress bar."""
 from pathlib import Path
+
 import pytest
+from hostile import make_pdf
 from PIL import Image
+
 from colpali_milvus.core import DocumentResult, SourceNotFoundError
 from colpali_milvus.index import ColPaliIndex, page_id_for
-from hostile import make_pdf
 
 pytestmark = pytest.mark.timeout(600)
 

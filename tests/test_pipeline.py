@@ -1,8 +1,15 @@
 """End to end: the sample PDF through ColPaliIndex and the CLI, with the tiny model and Milvus Lite in a temp dir."""
-import json, os, shutil, subprocess, sys, time
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
+
 import numpy as np
 import pytest
+
 from colpali_milvus.core import CollectionNotFoundError, ModelUnavailableError, PDFError
 from colpali_milvus.index import ColPaliIndex, page_id_for
 from colpali_milvus.maxsim import maxsim

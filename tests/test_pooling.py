@@ -1,17 +1,21 @@
-"""Token pooling of ColPali-shaped pages: vector counts, unit norm, kept prompt vectors, and scores close to unpooled."""
+"""Token pooling of ColPali-shaped pages: vector counts, unit norm, kept prompt vectors, and scores close to
+unpooled."""
 import numpy as np
-from helpers import normalized
 import pytest
 import torch
-from colpali_milvus.pooling import pool_tokens, pool_pages
+from helpers import normalized
+
 from colpali_milvus.maxsim import maxsim
+from colpali_milvus.pooling import pool_pages, pool_tokens
 
 
 def colpali_like_page(rng, n_words=80):
-    "1024 'patches' (each a noisy copy of one of `n_words` word vectors or of 8 background directions) + 6 prompt vectors."
+    """1024 'patches' (each a noisy copy of one of `n_words` word vectors or of 8 background directions)
+    + 6 prompt vectors."""
     words, bg = normalized(rng.standard_normal((n_words, 128))), normalized(rng.standard_normal((8, 128)))
     src = np.concatenate([words[rng.integers(0, n_words, 600)], bg[rng.integers(0, 8, 424)]])
-    return normalized(np.concatenate([src + 0.3 * rng.standard_normal(src.shape) / np.sqrt(128), rng.standard_normal((6, 128))])), words
+    return normalized(np.concatenate([src + 0.3 * rng.standard_normal(src.shape) / np.sqrt(128),
+                                      rng.standard_normal((6, 128))])), words
 
 @pytest.mark.parametrize("factor,expected", [(2, 512 + 6), (3, 341 + 6)])
 def test_colpali_page_sizes(factor, expected):
@@ -48,8 +52,9 @@ def test_bad_input():
 
 
 def test_index_option_pools_pages_and_is_fixed_per_collection(tmp_path, encoder, sample_pdf):
-    "ColPaliIndex(token_pool_factor=2) stores pooled pages (image patches pooled, prompt vectors kept), records the factor,"
-    " refuses another factor on reopening, searches with exact MaxSim over the stored vectors, and still draws maps."
+    "ColPaliIndex(token_pool_factor=2) stores pooled pages (image patches pooled, prompt vectors kept), records the "
+    "factor, refuses another factor on reopening, searches with exact MaxSim over the stored vectors, and still draws "
+    "maps."
     from colpali_milvus.core import ModelMismatchError
     from colpali_milvus.index import ColPaliIndex
     from colpali_milvus.simmap import Explorer

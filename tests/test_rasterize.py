@@ -1,5 +1,7 @@
 """Tests of colpali_milvus.rasterize: page PNGs from PDFs and images, reuse, and clear errors for bad inputs."""
-import random, shutil, warnings
+import random
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +9,8 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader, PdfWriter
 
-from colpali_milvus.core import PDFError, PopplerMissingError, PageRecord, file_sha256
-from colpali_milvus.rasterize import (IMAGE_EXTS, find_inputs, pdf_page_count, rasterize, rasterize_image,
-                                      rasterize_pdf)
+from colpali_milvus.core import PageRecord, PDFError, PopplerMissingError, file_sha256
+from colpali_milvus.rasterize import IMAGE_EXTS, find_inputs, pdf_page_count, rasterize, rasterize_image, rasterize_pdf
 
 
 def files_under(d):
@@ -64,7 +65,8 @@ def test_pages_have_content(sample_pdf, tmp_path):
 def test_thread_count_gives_same_pixels(sample_pdf, tmp_path):
     one = rasterize_pdf(sample_pdf, tmp_path/'one', max_size=400, thread_count=1)
     three = rasterize_pdf(sample_pdf, tmp_path/'three', max_size=400, thread_count=3)
-    for a, b in zip(one, three):
+    assert len(one) == len(three) == 6   # the sample PDF has 6 pages
+    for a, b in zip(one, three, strict=True):
         assert np.array_equal(np.asarray(Image.open(a.image_path)), np.asarray(Image.open(b.image_path)))
 
 
@@ -260,7 +262,8 @@ def test_png_named_pdf_and_text_named_pdf(tmp_path):
 
 def test_zero_byte_file(tmp_path):
     (tmp_path/'empty.pdf').touch()
-    with pytest.raises(PDFError, match=r'empty.pdf: is empty \(0 bytes\)'): rasterize(tmp_path/'empty.pdf', tmp_path/'p')
+    with pytest.raises(PDFError, match=r'empty.pdf: is empty \(0 bytes\)'):
+        rasterize(tmp_path/'empty.pdf', tmp_path/'p')
     (tmp_path/'empty.png').touch()
     with pytest.raises(PDFError, match='is empty'): rasterize(tmp_path/'empty.png', tmp_path/'p')
 
@@ -299,7 +302,8 @@ def test_zero_page_pdf(tmp_path):
 
 def test_unreadable_image(tmp_path):
     (tmp_path/'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0' + bytes(50))
-    with pytest.raises(PDFError, match='broken.jpg: is not a readable image'): rasterize(tmp_path/'broken.jpg', tmp_path/'p')
+    with pytest.raises(PDFError, match='broken.jpg: is not a readable image'):
+        rasterize(tmp_path/'broken.jpg', tmp_path/'p')
 
 
 def test_pdf_given_to_rasterize_image(sample_pdf, tmp_path):
@@ -321,7 +325,8 @@ def test_poppler_missing(sample_pdf, tmp_path, monkeypatch):
               lambda: rasterize(sample_pdf, tmp_path/'p', on_error='skip')):  # skip does not hide it
         with pytest.raises(PopplerMissingError) as e: f()
         msg = str(e.value)
-        assert 'apt-get install -y poppler-utils' in msg and 'brew install poppler' in msg and 'conda install -c conda-forge poppler' in msg
+        assert ('apt-get install -y poppler-utils' in msg and 'brew install poppler' in msg
+                and 'conda install -c conda-forge poppler' in msg)
     Image.new('RGB', (8, 8)).save(tmp_path/'i.png')  # images need no poppler
     assert len(rasterize(tmp_path/'i.png', tmp_path/'p')) == 1
 

@@ -1,15 +1,17 @@
 """MilvusColbertRetriever on Milvus Lite: the seed notebook's calls verbatim, exact MaxSim, persistence, bad input."""
-import subprocess, sys, textwrap
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
-from helpers import unit
 import pytest
+from helpers import unit
 from pymilvus import MilvusClient
+
 from colpali_milvus.core import CollectionNotFoundError, DatabaseLockedError, DimensionMismatchError
 from colpali_milvus.maxsim import maxsim
 from colpali_milvus.retriever import MilvusColbertRetriever
 from colpali_milvus.store import close_client, open_client
-
-
 
 
 @pytest.fixture
@@ -160,7 +162,8 @@ def test_replace_and_delete(tmp_path, pages):
 
 @pytest.mark.parametrize("cand_dtype", ["float32", "bfloat16"])
 def test_candidate_stage_dtypes_agree_with_centroid_maxsim(tmp_path, pages, cand_dtype):
-    "The candidate stage scores each page by MaxSim over its centroids, in float32 or bfloat16; final scores stay exact."
+    """The candidate stage scores each page by MaxSim over its centroids, in float32 or bfloat16; final scores stay
+    exact."""
     from colpali_milvus.candidates import LocalCandidates, page_centroids
     from colpali_milvus.maxsim import block_maxsim
     ds, qs = pages
@@ -219,8 +222,10 @@ def test_old_blocks_of_replaced_and_deleted_pages_are_skipped(tmp_path, pages):
 
 
 def test_bf16_error_bound_holds():
-    "A bfloat16 product is within BF16_ERR * |q| * |d| of the exact one: random vectors of any norm, and the worst case."
+    """A bfloat16 product is within BF16_ERR * |q| * |d| of the exact one: random vectors of any norm, and the worst
+    case."""
     import torch
+
     from colpali_milvus.maxsim import BF16_ERR
     rng = np.random.default_rng(3)
     d = unit(rng, 5000) * rng.uniform(0.05, 8, (5000, 1)).astype(np.float32)
@@ -251,8 +256,10 @@ def test_small_collections_rank_the_same_in_bfloat16_and_float32(tmp_path):
     from colpali_milvus.maxsim import rerank
     stats = {}
     rerank(qs[1], small.pages, 5, 'bfloat16', small.matrix, small.norm, stats)
-    assert stats['pages'] < len(ds) and stats['pairs'] < sum(map(len, small.pages)) * len(qs[1])   # few are scored in float32
-    stored = {pid: v.astype(np.float64) for pid, v in r16.page_vectors(r16.page_rows(range(len(ds)))).items()}   # float16-rounded
+    # few are scored in float32
+    assert stats['pages'] < len(ds) and stats['pairs'] < sum(map(len, small.pages)) * len(qs[1])
+    # float16-rounded
+    stored = {pid: v.astype(np.float64) for pid, v in r16.page_vectors(r16.page_rows(range(len(ds)))).items()}
     for q in qs:
         exact = {pid: (q.astype(np.float64) @ v.T).max(1).sum() for pid, v in stored.items()}
         for k in (1, 5, 12, len(ds)):
@@ -263,12 +270,14 @@ def test_small_collections_rank_the_same_in_bfloat16_and_float32(tmp_path):
                 np.testing.assert_allclose(scores, [exact[i] for i in ids], rtol=1e-5)
                 assert (np.diff(scores) <= 1e-5).all()
                 assert max([exact[i] for i in exact if i not in ids], default=-np.inf) <= scores[-1] + 1e-5
-            assert [row["page_id"] for _, row in r16.search_pages(q, 5)][:1] == [row["page_id"] for _, row in r32.search_pages(q, 5)][:1]
+            assert ([row["page_id"] for _, row in r16.search_pages(q, 5)][:1]
+                    == [row["page_id"] for _, row in r32.search_pages(q, 5)][:1])
     close_client(client, str(tmp_path / "m.db"))
 
 
 def test_a_small_collection_past_n_candidates_reranks_the_same_candidates_as_the_candidate_stage(tmp_path):
-    "On Lite, a small collection with more pages than n_candidates keeps the same pages, with the same scores, as the candidate stage."
+    """On Lite, a small collection with more pages than n_candidates keeps the same pages, with the same scores, as the
+    candidate stage."""
     rng = np.random.default_rng(11)
     ds = [unit(rng, int(n)) for n in rng.integers(40, 90, 60)]
     client = open_client(str(tmp_path / "m.db"))

@@ -8,17 +8,28 @@ server (strict: it must keep failing, with that exception, until the retriever i
 Milvus 2.3.5 creates collections with Bounded consistency, so a read right after a write may not see it; the functional
 tests wait for writes to become visible (`eventually`), and `test_read_your_writes` checks the immediate case.
 """
-import contextlib, json, os, shutil, signal, subprocess, sys, textwrap, threading, time
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
 import numpy as np
-from helpers import unit
 import pytest
+from helpers import unit
+from live_clients import run_readers_and_writer
+from milvus_servers import launch_milvus_standalone, start_lite_server
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
+
 from colpali_milvus.core import CollectionNotFoundError, DimensionMismatchError, MilvusUnavailableError
 from colpali_milvus.retriever import MilvusColbertRetriever
 from colpali_milvus.store import CENTROIDS_SUFFIX, close_client, open_client
-from milvus_servers import launch_milvus_standalone, start_lite_server
-from live_clients import READER, WRITER, run_readers_and_writer
 
 pytestmark = pytest.mark.timeout(240)  # a safety net: a hung server must not hang the suite
 
@@ -37,7 +48,8 @@ _PENDING = {}  # the Milvus 2.3.5 standalone, launched early
 @pytest.fixture(scope='session', autouse=True)
 def _launch_milvus_early(request, tmp_path_factory):
     "Start the Milvus 2.3.5 standalone in the background while the milvus-lite tests run (it takes ~10 s to start)."
-    if any(getattr(it, 'callspec', None) and it.callspec.params.get('server') == MILVUS for it in request.session.items):
+    if any(getattr(it, 'callspec', None) and it.callspec.params.get('server') == MILVUS
+           for it in request.session.items):
         with contextlib.suppress(FileNotFoundError):
             _PENDING['milvus'] = launch_milvus_standalone(tmp_path_factory.mktemp('milvus-2.3.5'))
     yield
@@ -112,7 +124,8 @@ def eventually(check, what, timeout=20.0):
             if v: return time.monotonic() - t0
             last = v
         except (RuntimeError, MilvusException) as e: last = e
-        if time.monotonic() - t0 > timeout: pytest.fail(f"{what}: still not true after {timeout:.0f} s (last: {last!r})")
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"{what}: still not true after {timeout:.0f} s (last: {last!r})")
         time.sleep(0.1)
 
 
@@ -246,9 +259,11 @@ def test_delete_pages(scratch):
     v103, v104 = unit(rng, 30), unit(rng, 30)
     n0 = scratch.num_pages()
     scratch.add_page(103, v103); scratch.add_page(104, v104)
-    eventually(lambda: set(scratch.page_rows([103, 104])) == {103, 104} and scratch.num_pages() == n0 + 2, 'pages 103-104')
+    eventually(lambda: set(scratch.page_rows([103, 104])) == {103, 104} and scratch.num_pages() == n0 + 2,
+               'pages 103-104')
     scratch.delete_pages([103])
-    eventually(lambda: set(scratch.page_rows([103, 104])) == {104} and scratch.num_pages() == n0 + 1, 'deleting page 103')
+    eventually(lambda: set(scratch.page_rows([103, 104])) == {104} and scratch.num_pages() == n0 + 1,
+               'deleting page 103')
     assert 103 not in scratch.all_page_ids() and 104 in scratch.all_page_ids()
     assert 103 not in [d for _, d in scratch.search(v103, topk=100)]
     scratch.delete_pages([]); scratch.delete_pages([555555])  # nothing to do, no error
@@ -257,9 +272,10 @@ def test_delete_pages(scratch):
 
 CONSISTENCY = ("Milvus 2.3.5 (like any Milvus server, unlike Milvus Lite) gives collections created without "
                "consistency_level Bounded consistency: a read right after a write does not see it, so page_rows/"
-               "num_pages miss a page add_page has just stored (page_rows([201]) == {}); add_page's own get() of the old "
-               "row misses it too, so replacing a page just added leaves its extra vector rows behind (delete_pages "
-               "right after add_page likewise), and a search's refresh can drop a just-added page from the cache.")
+               "num_pages miss a page add_page has just stored (page_rows([201]) == {}); add_page's own get() of the "
+               "old row misses it too, so replacing a page just added leaves its extra vector rows behind "
+               "(delete_pages right after add_page likewise), and a search's refresh can drop a just-added page from "
+               "the cache.")
 
 def test_read_your_writes(scratch):
     "A page is visible to num_pages, page_rows and search as soon as add_page returns."
@@ -284,7 +300,8 @@ SECOND_PROCESS = textwrap.dedent("""
     r = MilvusColbertRetriever(c, 'seeded')
     out = {'exists': r.exists(), 'dim': r.dim, 'num_pages': r.num_pages(), 'properties': r.properties(),
            'search': r.search(np.load(qpath), 3)}
-    MilvusColbertRetriever(c, 'scratch').add_page(301, np.load(vpath), source='from another process', metadata={'pid': 1})
+    MilvusColbertRetriever(c, 'scratch').add_page(301, np.load(vpath), source='from another process',
+                                                  metadata={'pid': 1})
     close_client(c, uri)
     print(json.dumps(out))
 """)
@@ -440,7 +457,8 @@ def test_search_on_a_frozen_server_is_bounded(lite_server_fn):
     assert 's' in out and out['s'] < 3 and 'error' in out, "search on a frozen server still blocked after 3 s"
 
 
-# ---------------------------------------------------------------- the server search path: candidates in Milvus, sharding, readers and a writer
+# ---------------------------------------------------------------- the server search path: candidates in Milvus,
+# sharding, readers and a writer
 
 def corpus(seed, n, size=200):
     "n pages of `size` vectors in a few shared topics (so pages compete), and queries made from pages 3, 11 and 20."
@@ -501,14 +519,15 @@ def test_two_shards_return_the_same_pages_as_one(sharded, request):
 
 @pytest.mark.timeout(300)
 def test_readers_see_a_writers_pages_within_refresh_s(server, tmp_path):
-    "3 reader processes and 1 writer on one collection: no errors, flat reader memory, every write seen within refresh_s."
+    """3 reader processes and 1 writer on one collection: no errors, flat reader memory, every write seen within
+    refresh_s."""
     client = open_client(server.uri)
     r = MilvusColbertRetriever(client, 'live')
     r.create_collection()
     r.add_pages(list(range(40)), [unit(np.random.default_rng(i), 30) for i in range(40)])   # some pages to compete with
     log, refresh = tmp_path / 'writes.jsonl', 1.0
     outs = run_readers_and_writer(server.uri, log, readers=3, seconds=16, refresh_s=refresh)
-    events = [json.loads(l) for l in log.read_text().splitlines()]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
     added = {str(e['pid']) for e in events if e['op'] == 'add'}
     deleted = {str(e['pid']) for e in events if e['op'] == 'delete'}
     assert len(added) >= 4 and deleted   # ~40 on a quiet machine

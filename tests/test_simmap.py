@@ -1,11 +1,27 @@
 """Tests of colpali_milvus.simmap: patch grids from the processor, similarity maps, heatmaps and the Explorer widget."""
-import base64, importlib.util, warnings
+import base64
+import importlib.util
+import warnings
 from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
-from colpali_milvus.simmap import (ALL_TOKENS, CMAP, Explorer, PageMaps, SimilarityMapError, blend_heatmap, image_token_mask,
-                                   page_maps, patch_grid, query_tokens, token_options)
+
+from colpali_milvus.core import CollectionNotFoundError
+from colpali_milvus.simmap import (
+    ALL_TOKENS,
+    CMAP,
+    Explorer,
+    PageMaps,
+    SimilarityMapError,
+    blend_heatmap,
+    image_token_mask,
+    page_maps,
+    patch_grid,
+    query_tokens,
+    token_options,
+)
 
 QUERY = 'Where is ColBERT performance table?'
 
@@ -111,7 +127,8 @@ def test_page_maps_add_up_to_the_maxsim_score(enc, page):
 
 def test_page_maps_refuse_vectors_of_another_page(enc, page):
     qv, pv = enc.encode_queries(QUERY)[0], enc.encode_images([page], progress=False)[0]
-    with pytest.raises(SimilarityMapError, match='Re-index the page'): page_maps(enc.processor, qv, pv[:20], page, enc.model)
+    with pytest.raises(SimilarityMapError, match='Re-index the page'):
+        page_maps(enc.processor, qv, pv[:20], page, enc.model)
     with pytest.raises(ValueError, match='labels'): page_maps(enc.processor, qv, pv, page, enc.model, (['a'], [True]))
 
 def test_query_tokens_label_every_vector_and_mark_the_text(enc):
@@ -135,7 +152,8 @@ def test_blend_heatmap_colours_each_patch():
     assert im.size == (200, 100)
     def want(h):
         a = 0.6*(1/3 + 2/3*h); return tuple(int(round(255*(1-a) + c*a)) for c in CMAP[int(round(h*255))])
-    assert im.getpixel((150, 25)) == want(1.) and im.getpixel((50, 75)) == want(0.5) and im.getpixel((10, 10)) == want(0.)
+    assert (im.getpixel((150, 25)) == want(1.) and im.getpixel((50, 75)) == want(0.5)
+            and im.getpixel((10, 10)) == want(0.))
     assert blend_heatmap(Image.new('RGB', (200, 100), 'white'), heat, alpha=0.).getpixel((150, 25)) == (255, 255, 255)
     assert max(blend_heatmap(Image.new('RGB', (2000, 1000)), heat, max_side=300).size) == 300
     with pytest.raises(ValueError, match='between 0 and 1'): blend_heatmap(im, heat, alpha=-0.1)
@@ -171,7 +189,8 @@ def test_explorer_shows_errors_instead_of_losing_them(enc, tmp_path):
         ex = Explorer(empty, k=2)
         ex.search('anything').wait(60)
         assert type(ex.error).__name__ == 'CollectionNotFoundError' and 'add documents first' in ex.status.value
-        with pytest.raises(Exception, match='add documents first'): ex.search('anything', background=False)
+        with pytest.raises(CollectionNotFoundError, match='add documents first'):
+            ex.search('anything', background=False)
 
 def test_explorer_page_without_image_shows_a_note(index, tmp_path):
     ex = Explorer(index, QUERY, k=2, thumb_side=64, large_side=200)
@@ -183,7 +202,7 @@ def test_explorer_page_without_image_shows_a_note(index, tmp_path):
     finally: moved.rename(r.image_path)
 
 def test_explorer_state_embeds_the_heatmap(index, tmp_path):
-    from ipywidgets.embed import embed_minimal_html, dependency_state
+    from ipywidgets.embed import dependency_state, embed_minimal_html
     ex = Explorer(index, QUERY, k=2, thumb_side=64, large_side=200, search_box=False)
     out = tmp_path/'ex.html'
     embed_minimal_html(out, views=[ex.widget], state=dependency_state(ex.widget), title='explorer')

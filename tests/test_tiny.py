@@ -5,8 +5,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from colpali_milvus.tiny import (TINY_ALIASES, TINY_BANNER, TINY_BUILDERS, TINY_MARKER, build_tiny, build_tiny_colpali,
-                                 is_tiny_random, tiny_model_path)
+from colpali_milvus.tiny import (
+    TINY_ALIASES,
+    TINY_BANNER,
+    TINY_BUILDERS,
+    TINY_MARKER,
+    build_tiny,
+    build_tiny_colpali,
+    is_tiny_random,
+    tiny_model_path,
+)
 
 
 def test_files_and_marker(tiny_model_dir):
@@ -85,7 +93,8 @@ def test_banner_says_how_to_get_the_real_model():
 
 # ---------------------------------------------------------------- the other families
 
-CLASSES = {"colpali": ("ColPali", "ColPaliProcessor", "paligemma"), "colqwen2": ("ColQwen2", "ColQwen2Processor", "qwen2_vl"),
+CLASSES = {"colpali": ("ColPali", "ColPaliProcessor", "paligemma"),
+           "colqwen2": ("ColQwen2", "ColQwen2Processor", "qwen2_vl"),
            "colqwen2.5": ("ColQwen2_5", "ColQwen2_5_Processor", "qwen2_5_vl"),
            "colsmol": ("ColIdefics3", "ColIdefics3Processor", "idefics3")}
 

@@ -1,10 +1,15 @@
 """Tests of colpali_milvus.widgets: result cards, the results gallery, and its embeddable widget state."""
-import base64, io, json, os
-import pytest
+import base64
+import io
+import json
+import os
+
 import ipywidgets as widgets
+import pytest
 from PIL import Image, ImageDraw
+
 from colpali_milvus.core import SearchResult
-from colpali_milvus.widgets import thumbnail_png, result_card, ResultsGallery, show_results
+from colpali_milvus.widgets import ResultsGallery, result_card, show_results, thumbnail_png
 
 COLOURS = [(214, 39, 40), (44, 160, 44), (31, 119, 180)]
 
@@ -138,7 +143,7 @@ def test_show_results_displays_and_returns_gallery(results, monkeypatch):
     shown.clear(); g._ipython_display_(); assert shown == [g.widget]
 
 def test_widget_state_embeds_png_bytes(results, tmp_path):
-    from ipywidgets.embed import embed_minimal_html, dependency_state
+    from ipywidgets.embed import dependency_state, embed_minimal_html
     g = ResultsGallery(results, thumb_side=64, large_side=200)
     out = tmp_path / 'gallery.html'
     # the gallery's own state: without `state`, every live widget of the process (other tests') is embedded too
