@@ -373,7 +373,7 @@ def openai_messages(messages:list)->list:
     conv = lambda c: {'type': 'image_url', 'image_url': {'url': _data_url(c['image'])}} if c['type'] == 'image' else c
     return [{**m, 'content': [conv(c) for c in m['content']]} for m in messages]
 
-# %% ../nbs/12_ask.ipynb #5268a10a
+# %% ../nbs/12_ask.ipynb #15c132a3
 class EndpointVLM:
     "A VLM behind an OpenAI-compatible chat completions endpoint (vLLM, Ollama, `transformers serve`, hosted APIs)."
     kind = 'endpoint'
@@ -406,14 +406,17 @@ def _fail(self:EndpointVLM, e:Exception):
         return VLMUnavailableError(f"VLM endpoint {self.url} refused the key ({e.status_code}): put a valid key in the "
                                    f"environment variable {self.api_key_env}.")
     if isinstance(e, openai.NotFoundError):
-        return VLMUnavailableError(f"VLM endpoint {self.url} does not serve model {getattr(self, 'model', None)!r} (404: {e.message}). "
+        return VLMUnavailableError(f"VLM endpoint {self.url} does not serve model {getattr(self, 'model', None)!r} (404). "
                                    "Pass a model it serves, or check the URL (it usually ends in /v1).")
-    if isinstance(e, openai.APIStatusError) and re.search(r'context|too long|maximum.*length|too many tokens', str(e.message), re.I):
-        return ContextTooSmallError(f"VLM endpoint {self.url} says the prompt is too long for model {self.model!r} ({e.message}). "
+    if not isinstance(e, openai.APIStatusError): return e
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get('error') if isinstance(body.get('error'), dict) else {}
+    msg = str(body.get('detail') or err.get('message') or e.message)
+    if re.search(r'context|too long|maximum.*length|too many tokens', msg, re.I):
+        return ContextTooSmallError(f"VLM endpoint {self.url} says the prompt is too long for model {self.model!r} ({msg}). "
                                     "Ask with fewer pages (k) or smaller page images (max_pixels).")
-    if isinstance(e, openai.APIStatusError):
-        return VLMUnavailableError(f"VLM endpoint {self.url} failed ({e.status_code}: {e.message}).")
-    return e
+    return VLMUnavailableError(f"VLM endpoint {self.url} refused the request ({e.status_code}: {msg}). Check the model name "
+                               "(model=..., --vlm-model) and that the server can read images.")
 
 def _only_model(self:EndpointVLM)->str:
     "The one model the endpoint lists (else an error asking to name one)."
@@ -451,8 +454,12 @@ def complete(self:EndpointVLM, inputs)->str:
 
 EndpointVLM.prepare, EndpointVLM.stream, EndpointVLM.complete = _prepare_ep, _stream_ep, complete
 
-# %% ../nbs/12_ask.ipynb #3ac58eb3
+# %% ../nbs/12_ask.ipynb #0a515f93
 DEFAULT_VLM = 'HuggingFaceTB/SmolVLM-256M-Instruct' # a small VLM that runs on a CPU
+
+def _params(cls)->set:
+    import inspect
+    return set(inspect.signature(cls.__init__).parameters) - {'self'}
 
 class TinyVLMWarning(UserWarning):
     "Warns that the tiny random VLM is in use: its answers are meaningless."
@@ -464,20 +471,22 @@ def load_vlm(vlm=None, # URL, hub id, local folder, 'tiny-vlm', or a `LocalVLM`/
     if hasattr(vlm, 'prepare') and hasattr(vlm, 'stream'): return vlm
     vlm = DEFAULT_VLM if vlm is None else vlm
     if not isinstance(vlm, (str, os.PathLike)): raise TypeError(f"vlm must be a model name, folder or URL, not {type(vlm).__name__}.")
-    vlm = str(vlm)
-    if re.match(r'https?://', vlm): return EndpointVLM(vlm, **kwargs)
-    kwargs.pop('model', None); kwargs.pop('api_key_env', None)
+    vlm, endpoint = str(vlm), bool(re.match(r'https?://', str(vlm)))
+    other = _params(LocalVLM if endpoint else EndpointVLM) - _params(EndpointVLM if endpoint else LocalVLM)
+    kwargs = {k: v for k, v in kwargs.items() if k not in other}  # e.g. `device` means nothing to an endpoint
+    if endpoint: return EndpointVLM(vlm, **kwargs)
     if vlm in TINY_VLM_ALIASES: vlm = str(tiny_vlm_path(vlm))
     out = LocalVLM(vlm, **kwargs)
     if out.is_tiny: warnings.warn(f"{out.path} is a tiny RANDOMLY INITIALISED VLM: its answers are meaningless.", TinyVLMWarning, stacklevel=2)
     return out
 
-# %% ../nbs/12_ask.ipynb #ef79d5c8
+# %% ../nbs/12_ask.ipynb #ff561411
 def ask_pages(question:str, # the question
               pages:list, # the retrieved `SearchResult`s, best first
               vlm, # a ready VLM (`load_vlm`)
               max_pages:int=MAX_PAGES, # give the VLM at most this many pages
               prompt:str=PROMPT, # the instructions
+              max_pixels:int|None=None, # cap on each page image's pixels (None: the VLM's `max_pixels`)
               timings:dict|None=None, # timings so far (e.g. retrieve)
               t0:float|None=None # when the question was asked (default: now)
              )->AnswerStream:
@@ -486,7 +495,7 @@ def ask_pages(question:str, # the question
     question, pages = check_question(question), list(pages)[:_positive('max_pages', max_pages)]
     if not pages: raise ValueError("There are no pages to answer from: the index (or the filter) returned none. Add documents first.")
     t = time.perf_counter()
-    images = page_images(pages, vlm.max_pixels)
+    images = page_images(pages, vlm.max_pixels if max_pixels is None else max_pixels)
     inputs, n_prompt, n_img = vlm.prepare(build_messages(question, images, prompt))
     tm = {**(timings or {}), 'prepare': time.perf_counter() - t}
     def make(text, tm):
