@@ -12,10 +12,11 @@ from .tiny import TINY_MARKER, TINY_BANNER, is_tiny_random, cache_dir
 
 # %% auto #0
 __all__ = ['PROMPT', 'MAX_PIXELS', 'MAX_PAGES', 'QWEN2_VL_TEMPLATE', 'SMOLVLM_TEMPLATE', 'TINY_VLM_FAMILIES', 'TINY_VLM_ALIASES',
-           'DEFAULT_VLM', 'VLMUnavailableError', 'UnsupportedVLMError', 'ContextTooSmallError', 'PageImageMissingError',
-           'check_question', 'build_messages', 'citations', 'citation_spans', 'Answer', 'fit_image', 'page_images',
-           'AnswerStream', 'context_length', 'LocalVLM', 'prepare', 'stream', 'build_tiny_vlm', 'tiny_vlm_path',
-           'openai_messages', 'EndpointVLM', 'complete', 'TinyVLMWarning', 'load_vlm', 'ask_pages']
+           'DEFAULT_VLM', 'TINY_VLM_BANNER', 'VLMUnavailableError', 'UnsupportedVLMError', 'ContextTooSmallError',
+           'PageImageMissingError', 'check_question', 'build_messages', 'citations', 'citation_spans', 'Answer',
+           'fit_image', 'page_images', 'AnswerStream', 'context_length', 'LocalVLM', 'prepare', 'stream',
+           'build_tiny_vlm', 'tiny_vlm_path', 'openai_messages', 'EndpointVLM', 'complete', 'TinyVLMWarning',
+           'load_vlm', 'ask_pages']
 
 # %% ../nbs/12_ask.ipynb #ca2fb6aa
 class VLMUnavailableError(ColPaliMilvusError, ConnectionError):
@@ -127,7 +128,7 @@ def page_images(pages:list, # `SearchResult`s (or objects with `.image_path`)
         out.append(fit_image(load_image(p.image_path), max_pixels))
     return out
 
-# %% ../nbs/12_ask.ipynb #276e94ad
+# %% ../nbs/12_ask.ipynb #fc6c4bc0
 class AnswerStream:
     "Iterate for the answer's text pieces as the model writes them; `.answer` is the finished `Answer`."
     def __init__(self, pieces, # iterator of text pieces
@@ -136,7 +137,7 @@ class AnswerStream:
                  timings:dict|None=None # timings so far (retrieve, prepare)
                 ):
         self._pieces, self._make, self.t0, self.timings = pieces, make_answer, t0, dict(timings or {})
-        self.text, self._answer = '', None
+        self.text, self._answer, self.model, self.is_tiny = '', None, '', False
     def __iter__(self):
         if self._answer is not None: return
         for piece in self._pieces:
@@ -168,7 +169,7 @@ def context_length(cfg)->int|None:
             if isinstance(v, int) and v > 0: return v
     return None
 
-# %% ../nbs/12_ask.ipynb #24bbf77c
+# %% ../nbs/12_ask.ipynb #31593d74
 class LocalVLM:
     "A transformers image-text-to-text model, its processor and chat template, ready to answer from page images."
     kind = 'local'
@@ -183,7 +184,9 @@ class LocalVLM:
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
         from colpali_milvus.encode import resolve_model, pick_device, pick_dtype
         self.model_name, self.max_new_tokens, self.max_pixels = str(model), _positive('max_new_tokens', max_new_tokens), max_pixels
-        self.path = resolve_model(str(model), timeout)
+        try: self.path = resolve_model(str(model), timeout)
+        except ModelUnavailableError as e:  # the encoder's hint names --model; the VLM's option is --vlm
+            raise ModelUnavailableError(f"VLM: {e}".replace('(--model DIR)', '(--vlm DIR, or vlm=DIR)')) from None
         local = Path(self.path).is_dir()
         try: cfg = AutoConfig.from_pretrained(self.path, local_files_only=local)
         except (OSError, ValueError) as e:
@@ -454,8 +457,26 @@ def complete(self:EndpointVLM, inputs)->str:
 
 EndpointVLM.prepare, EndpointVLM.stream, EndpointVLM.complete = _prepare_ep, _stream_ep, complete
 
-# %% ../nbs/12_ask.ipynb #0a515f93
+# %% ../nbs/12_ask.ipynb #b79db8c6
 DEFAULT_VLM = 'HuggingFaceTB/SmolVLM-256M-Instruct' # a small VLM that runs on a CPU
+
+TINY_VLM_BANNER = """
+################################################################################
+#  WARNING: TINY RANDOM VLM -- ITS ANSWERS ARE MEANINGLESS                     #
+#                                                                              #
+#  This is a tiny, randomly initialised vision-language model built by         #
+#  colpali-milvus for tests and offline demos. It runs the real code path      #
+#  (pages -> chat template -> generate), but its text is random noise.         #
+#                                                                              #
+#  To use a real VLM (HuggingFaceTB/SmolVLM-256M-Instruct, about 0.5 GB):      #
+#   * give this machine internet access to the Hugging Face hub, or            #
+#   * on a connected machine run                                               #
+#       hf download HuggingFaceTB/SmolVLM-256M-Instruct --local-dir DIR        #
+#     copy DIR here and pass --vlm DIR; or                                     #
+#   * pass --vlm http://HOST:PORT/v1 for an OpenAI-compatible server           #
+#     (vLLM, Ollama, `transformers serve`), key in $OPENAI_API_KEY.            #
+################################################################################
+""".strip('\n')
 
 def _params(cls)->set:
     import inspect
@@ -480,7 +501,7 @@ def load_vlm(vlm=None, # URL, hub id, local folder, 'tiny-vlm', or a `LocalVLM`/
     if out.is_tiny: warnings.warn(f"{out.path} is a tiny RANDOMLY INITIALISED VLM: its answers are meaningless.", TinyVLMWarning, stacklevel=2)
     return out
 
-# %% ../nbs/12_ask.ipynb #ff561411
+# %% ../nbs/12_ask.ipynb #dd6b7ae4
 def ask_pages(question:str, # the question
               pages:list, # the retrieved `SearchResult`s, best first
               vlm, # a ready VLM (`load_vlm`)
@@ -500,4 +521,6 @@ def ask_pages(question:str, # the question
     tm = {**(timings or {}), 'prepare': time.perf_counter() - t}
     def make(text, tm):
         return Answer(question, text.strip(), pages, citations(text, len(pages)), vlm.model_name, tm, n_img, n_prompt, vlm.is_tiny)
-    return AnswerStream(vlm.stream(inputs), make, t0, tm)
+    st = AnswerStream(vlm.stream(inputs), make, t0, tm)
+    st.model, st.is_tiny = vlm.model_name, vlm.is_tiny
+    return st
