@@ -169,7 +169,7 @@ def context_length(cfg)->int|None:
             if isinstance(v, int) and v > 0: return v
     return None
 
-# %% ../nbs/12_ask.ipynb #31593d74
+# %% ../nbs/12_ask.ipynb #26b2b455
 class LocalVLM:
     "A transformers image-text-to-text model, its processor and chat template, ready to answer from page images."
     kind = 'local'
@@ -191,6 +191,11 @@ class LocalVLM:
         try: cfg = AutoConfig.from_pretrained(self.path, local_files_only=local)
         except (OSError, ValueError) as e:
             raise ModelUnavailableError(f"VLM {self.model_name!r}: its config cannot be read ({e}).") from None
+        arch = (getattr(cfg, 'architectures', None) or [''])[0]
+        if arch.startswith('Col'):   # a colpali-engine retriever: it makes vectors, not text
+            raise UnsupportedVLMError(f"{self.model_name!r} is a {arch} retrieval model: it turns pages into vectors and "
+                                      "cannot write answers. Pass a generative vision-language model as the VLM, e.g. "
+                                      "'HuggingFaceTB/SmolVLM-256M-Instruct', or an endpoint URL.")
         if not _is_image_text(cfg):
             raise UnsupportedVLMError(f"{self.model_name!r} is a {getattr(cfg, 'model_type', '?')!r} model, not an image-text-to-text "
                                       "model, so it cannot read page images. Use a vision-language model, e.g. "
