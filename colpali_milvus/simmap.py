@@ -401,8 +401,9 @@ def _build_ask(self:Explorer, vlm, ask_k:int):
     "The Ask box: a question, the Ask button, the answer as it streams, and one citation button per page given."
     _check_side('ask_k', ask_k)
     self.vlm, self.ask_k, self.answer, self.ask_error, self._ask_thread = vlm, ask_k, None, None, None
+    width = max(340, min(self.ncols, self.k)*(self.thumb_side+32))   # as wide as the gallery
     self.question = widgets.Text(placeholder='Ask a question about the pages', continuous_update=False,
-                                 layout=widgets.Layout(width='auto', flex='1 1 auto'))
+                                 layout=widgets.Layout(width=f'{width-96}px'))
     self.ask_button = widgets.Button(description='Ask', icon='comment', layout=widgets.Layout(width='auto'))
     self.ask_status, self.answer_html = widgets.HTML(), widgets.HTML(layout=widgets.Layout(width='100%'))
     self.cites = widgets.HBox([], layout=widgets.Layout(flex_flow='row wrap'))
@@ -410,7 +411,7 @@ def _build_ask(self:Explorer, vlm, ask_k:int):
     self._ask_cls = f'cm-ask-{id(self)}'   # lets a [n] marker in the answer find its page's button
     self.ask_panel = widgets.VBox([widgets.HBox([self.question, self.ask_button], layout=widgets.Layout(width='100%')),
                                    self.ask_status, self.answer_html, self.cites], layout=widgets.Layout(
-        padding='6px', border=_BORDER, margin='0 16px 8px 0', width=f'{max(320, min(self.ncols, self.k)*(self.thumb_side+32))}px',
+        padding='6px', border=_BORDER, margin='0 16px 8px 0', width=f'{width}px', overflow='hidden',
         display='none' if vlm is None else 'flex'))
     self.ask_panel.add_class(self._ask_cls)
 
@@ -470,8 +471,7 @@ def _ask(self:Explorer, question:str, reraise:bool):
         self.answer_html.value, self.cites.children = '', []
         if question != self.query or not self.results:
             self._ask_note('searching…')
-            with self._lock: self._gen += 1; gen = self._gen
-            self._search(question, gen, True)
+            self.search(question, background=False)   # the gallery (and the search box) show the pages given
         if not hasattr(self.vlm, 'stream'):
             self._ask_note('loading the VLM…')
             self.vlm = load_vlm(self.vlm, device=self.index.device, dtype=self.index.dtype)
