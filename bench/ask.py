@@ -8,7 +8,8 @@ many image tokens the prompt holds per k.
 
 Retrieval uses the tiny ColPali on the bundled sample PDF (its pages rendered as the index renders them): retrieval
 time is not what this measures (see the other benches). The random VLM writes noise, but every token is a real
-forward pass; `max_new_tokens` caps the answer and the table gives the tokens actually written. Prints a Markdown
+forward pass; its generation config makes every answer exactly `max_new_tokens` tokens of printable ASCII
+(one character each), in process and served, so the table's tokens written checks that. Prints a Markdown
 table and writes <out>/ask.json.
 """
 from __future__ import annotations
@@ -66,6 +67,8 @@ def main():
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter('ignore')
     model = build_tiny_vlm('smolvlm', out/f'ask-smolvlm-256m-{a.layers}l', size='small', layers=a.layers)
+    from transformers import GenerationConfig   # every answer max_new_tokens long, in process and served alike
+    gc = GenerationConfig.from_pretrained(model); gc.min_new_tokens = a.max_new_tokens; gc.save_pretrained(model)
     idx = ColPaliIndex(str(out/'ask.db'), collection='ask', model='tiny', pages_dir=str(out/'ask_pages'))
     idx.add(data_path('sample.pdf'), progress=False)
     res = {'machine': f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
