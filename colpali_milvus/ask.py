@@ -169,7 +169,7 @@ def context_length(cfg)->int|None:
             if isinstance(v, int) and v > 0: return v
     return None
 
-# %% ../nbs/12_ask.ipynb #26b2b455
+# %% ../nbs/12_ask.ipynb #c16627a0
 class LocalVLM:
     "A transformers image-text-to-text model, its processor and chat template, ready to answer from page images."
     kind = 'local'
@@ -218,7 +218,7 @@ def _positive(name, v)->int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int, not {v!r}.")
     return v
 
-# %% ../nbs/12_ask.ipynb #b7dcc006
+# %% ../nbs/12_ask.ipynb #28eb5990
 def _image_token_ids(proc)->set:
     "Token ids the processor puts in place of image patches."
     tok, ids = proc.tokenizer, set()
@@ -245,7 +245,7 @@ def prepare(self:LocalVLM, messages:list)->tuple:
             f"smaller page images (max_pixels, now {self.max_pixels}) or a shorter answer (max_new_tokens).")
     return inputs.to(self.model.device), n, n_img
 
-# %% ../nbs/12_ask.ipynb #0e8fde48
+# %% ../nbs/12_ask.ipynb #fb19fd0c
 @patch
 def stream(self:LocalVLM, inputs)->'Iterator[str]':
     "Generate the answer to prepared `inputs` greedily, yielding text as it is decoded."
@@ -264,7 +264,7 @@ def stream(self:LocalVLM, inputs)->'Iterator[str]':
     th.join()
     if err: raise err[0]
 
-# %% ../nbs/12_ask.ipynb #f5ba7809
+# %% ../nbs/12_ask.ipynb #9963842d
 QWEN2_VL_TEMPLATE = ("{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
     "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
     "{{ message['content'] }}{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' or 'image' in c %}"
@@ -286,7 +286,7 @@ def _bytes_tokenizer(cls, special:list, **kwargs):
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in special], special_tokens=True)
     return tok
 
-# %% ../nbs/12_ask.ipynb #4d90c9c4
+# %% ../nbs/12_ask.ipynb #d682751b
 def _tiny_qwen2_vl(small:bool, layers:int):
     "(model, processor) of a random Qwen2-VL: tiny, or Qwen2-VL-2B's widths with `layers` layers."
     from transformers import (Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen2VLProcessor, Qwen2VLConfig,
@@ -306,7 +306,7 @@ def _tiny_qwen2_vl(small:bool, layers:int):
                hidden_size=w['hidden_size'], patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     return Qwen2VLForConditionalGeneration, Qwen2VLConfig(text_config=text, vision_config=vis, **ids), proc
 
-# %% ../nbs/12_ask.ipynb #ce61e73b
+# %% ../nbs/12_ask.ipynb #fd2df09e
 def _tiny_smolvlm(small:bool, layers:int):
     "(model, processor) of a random SmolVLM (Idefics3): tiny, or SmolVLM-256M's widths with `layers` layers."
     from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ImageProcessor, Idefics3Processor, Idefics3ForConditionalGeneration
@@ -329,7 +329,7 @@ def _tiny_smolvlm(small:bool, layers:int):
                          scale_factor=shuffle, image_token_id=proc.image_token_id)
     return Idefics3ForConditionalGeneration, cfg, proc
 
-# %% ../nbs/12_ask.ipynb #9628d4c9
+# %% ../nbs/12_ask.ipynb #d22a8b73
 def _unprintable(tok, vocab_size:int)->list:
     "Ids of every token except printable ASCII bytes ('!'..'~'), the space ('Ġ') and EOS, up to `vocab_size`."
     keep = {chr(c) for c in range(33, 127)} | {'\u0120'}
@@ -337,7 +337,7 @@ def _unprintable(tok, vocab_size:int)->list:
     ok = {i for t, i in vocab.items() if t in keep} | {tok.eos_token_id}
     return [i for i in range(vocab_size) if i not in ok]
 
-# %% ../nbs/12_ask.ipynb #032b7cab
+# %% ../nbs/12_ask.ipynb #316bd01e
 TINY_VLM_FAMILIES = {'qwen2-vl': _tiny_qwen2_vl, 'smolvlm': _tiny_smolvlm} # tiny VLM family -> its builder
 TINY_VLM_ALIASES = {'tiny-vlm': 'smolvlm', 'tiny-smolvlm': 'smolvlm', 'tiny-qwen2-vl': 'qwen2-vl'} # VLM name -> tiny family
 
@@ -377,7 +377,7 @@ def tiny_vlm_path(name:str='tiny-vlm' # a `TINY_VLM_ALIASES` name or a `TINY_VLM
     if not is_tiny_random(path): build_tiny_vlm(fam, path)
     return path
 
-# %% ../nbs/12_ask.ipynb #dc44b25b
+# %% ../nbs/12_ask.ipynb #f902c28f
 def _data_url(img)->str:
     "A PIL image as a base64 PNG data URL."
     buf = io.BytesIO(); img.save(buf, format='PNG')
@@ -388,7 +388,7 @@ def openai_messages(messages:list)->list:
     conv = lambda c: {'type': 'image_url', 'image_url': {'url': _data_url(c['image'])}} if c['type'] == 'image' else c
     return [{**m, 'content': [conv(c) for c in m['content']]} for m in messages]
 
-# %% ../nbs/12_ask.ipynb #459c3017
+# %% ../nbs/12_ask.ipynb #67922175
 class EndpointVLM:
     "A VLM behind an OpenAI-compatible chat completions endpoint (vLLM, Ollama, `transformers serve`, hosted APIs)."
     kind = 'endpoint'
@@ -445,7 +445,7 @@ def _only_model(self:EndpointVLM)->str:
                          "name the one to use (model=..., --vlm-model).")
     return ids[0]
 
-# %% ../nbs/12_ask.ipynb #11012102
+# %% ../nbs/12_ask.ipynb #e60e7b6c
 @patch
 def prepare(self:EndpointVLM, messages:list)->tuple:
     "(request messages, prompt tokens, image tokens): the endpoint counts tokens itself, so both are None."
@@ -470,7 +470,7 @@ def complete(self:EndpointVLM, inputs)->str:
     except openai.OpenAIError as e: raise self._fail(e) from None
     return r.choices[0].message.content or ''
 
-# %% ../nbs/12_ask.ipynb #11fdbdbf
+# %% ../nbs/12_ask.ipynb #261ce2f4
 DEFAULT_VLM = 'HuggingFaceTB/SmolVLM-256M-Instruct' # a small VLM that runs on a CPU
 
 TINY_VLM_BANNER = """
@@ -514,7 +514,7 @@ def load_vlm(vlm=None, # URL, hub id, local folder, 'tiny-vlm', or a `LocalVLM`/
     if out.is_tiny: warnings.warn(f"{out.path} is a tiny RANDOMLY INITIALISED VLM: its answers are meaningless.", TinyVLMWarning, stacklevel=2)
     return out
 
-# %% ../nbs/12_ask.ipynb #64597818
+# %% ../nbs/12_ask.ipynb #00a9c122
 def ask_pages(question:str, # the question
               pages:list, # the retrieved `SearchResult`s, best first
               vlm, # a ready VLM (`load_vlm`)
