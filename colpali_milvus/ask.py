@@ -53,7 +53,7 @@ def build_messages(question:str, # the question
     content.append({'type': 'text', 'text': f"{prompt.format(n=len(images))}\n\nQuestion: {check_question(question)}"})
     return [{'role': 'user', 'content': content}]
 
-# %% ../nbs/12_ask.ipynb #c4704496
+# %% ../nbs/12_ask.ipynb #55a1e037
 _CITE = re.compile(r'\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]')
 
 def citations(text:str, # the answer text
@@ -67,7 +67,9 @@ def citations(text:str, # the answer text
             if 1 <= n <= n_pages and n not in out: out.append(n)
     return out
 
-def citation_spans(text:str, n_pages:int)->list:
+def citation_spans(text:str, # the answer text
+                   n_pages:int # how many pages the model was given
+                  )->list:
     "(start, end, page markers) of each citation in `text` that names pages between 1 and `n_pages`."
     spans = []
     for m in _CITE.finditer(text or ''):
@@ -155,13 +157,14 @@ class AnswerStream:
             for _ in self: pass
         return self._answer
 
-# %% ../nbs/12_ask.ipynb #6417a611
+# %% ../nbs/12_ask.ipynb #1d117335
 def _is_image_text(cfg)->bool:
     "Whether transformers maps config `cfg` to an image-text-to-text model class."
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as names
     return getattr(cfg, 'model_type', None) in names
 
-def context_length(cfg)->int|None:
+def context_length(cfg # a transformers model config
+                  )->int|None:
     "The most tokens the VLM's language model reads, from its config (None if the config does not say)."
     for c in (getattr(cfg, 'text_config', None), cfg):
         for k in ('max_position_embeddings', 'max_sequence_length', 'seq_length'):
@@ -218,7 +221,7 @@ def _positive(name, v)->int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int, not {v!r}.")
     return v
 
-# %% ../nbs/12_ask.ipynb #28eb5990
+# %% ../nbs/12_ask.ipynb #ab2c4cbb
 def _image_token_ids(proc)->set:
     "Token ids the processor puts in place of image patches."
     tok, ids = proc.tokenizer, set()
@@ -231,7 +234,8 @@ def _image_token_ids(proc)->set:
     return ids
 
 @patch
-def prepare(self:LocalVLM, messages:list)->tuple:
+def prepare(self:LocalVLM, messages:list # chat messages as `build_messages` makes them
+           )->tuple:
     "(model inputs, prompt tokens, image tokens) for chat `messages`; `ContextTooSmallError` if the answer would not fit."
     inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                                 return_tensors='pt')
@@ -245,9 +249,10 @@ def prepare(self:LocalVLM, messages:list)->tuple:
             f"smaller page images (max_pixels, now {self.max_pixels}) or a shorter answer (max_new_tokens).")
     return inputs.to(self.model.device), n, n_img
 
-# %% ../nbs/12_ask.ipynb #fb19fd0c
+# %% ../nbs/12_ask.ipynb #1acc9d49
 @patch
-def stream(self:LocalVLM, inputs)->'Iterator[str]':
+def stream(self:LocalVLM, inputs # model inputs, as `prepare` returns them
+          )->'Iterator[str]':
     "Generate the answer to prepared `inputs` greedily, yielding text as it is decoded."
     import torch
     from transformers import TextIteratorStreamer
@@ -377,13 +382,14 @@ def tiny_vlm_path(name:str='tiny-vlm' # a `TINY_VLM_ALIASES` name or a `TINY_VLM
     if not is_tiny_random(path): build_tiny_vlm(fam, path)
     return path
 
-# %% ../nbs/12_ask.ipynb #f902c28f
+# %% ../nbs/12_ask.ipynb #2cfe68ad
 def _data_url(img)->str:
     "A PIL image as a base64 PNG data URL."
     buf = io.BytesIO(); img.save(buf, format='PNG')
     return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
 
-def openai_messages(messages:list)->list:
+def openai_messages(messages:list # chat messages as `build_messages` makes them
+                   )->list:
     "Chat messages with PIL images as OpenAI `image_url` parts (data URLs)."
     conv = lambda c: {'type': 'image_url', 'image_url': {'url': _data_url(c['image'])}} if c['type'] == 'image' else c
     return [{**m, 'content': [conv(c) for c in m['content']]} for m in messages]
@@ -445,14 +451,16 @@ def _only_model(self:EndpointVLM)->str:
                          "name the one to use (model=..., --vlm-model).")
     return ids[0]
 
-# %% ../nbs/12_ask.ipynb #e60e7b6c
+# %% ../nbs/12_ask.ipynb #e2180790
 @patch
-def prepare(self:EndpointVLM, messages:list)->tuple:
+def prepare(self:EndpointVLM, messages:list # chat messages as `build_messages` makes them
+           )->tuple:
     "(request messages, prompt tokens, image tokens): the endpoint counts tokens itself, so both are None."
     return openai_messages(messages), None, None
 
 @patch
-def stream(self:EndpointVLM, inputs)->'Iterator[str]':
+def stream(self:EndpointVLM, inputs # request messages, as `prepare` returns them
+          )->'Iterator[str]':
     "Stream the endpoint's answer to prepared `inputs`, yielding text as it arrives."
     import openai
     try:
@@ -463,7 +471,8 @@ def stream(self:EndpointVLM, inputs)->'Iterator[str]':
     except openai.OpenAIError as e: raise self._fail(e) from None
 
 @patch
-def complete(self:EndpointVLM, inputs)->str:
+def complete(self:EndpointVLM, inputs # request messages, as `prepare` returns them
+            )->str:
     "The endpoint's whole answer to prepared `inputs`, in one response (no streaming)."
     import openai
     try: r = self.client.chat.completions.create(model=self.model, messages=inputs, max_tokens=self.max_new_tokens, temperature=0)

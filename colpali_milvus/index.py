@@ -463,6 +463,7 @@ def ask_stream(self:ColPaliIndex, question:str, # the question, in plain words
                sources=None, # only pages of these files or folders
                where:dict|None=None, # only pages whose metadata match
                max_pixels:int|None=None, # cap on each page image's pixels (None: the VLM's)
+               max_pages:int=8, # the most pages a VLM may be given: a larger k is refused
                **vlm_kwargs # for `load_vlm`: model and api_key_env (endpoint), device, dtype, max_new_tokens
               ):
     "Retrieve the `k` best pages and stream a VLM's answer from them: iterate for the text, then `.answer`."
@@ -471,6 +472,9 @@ def ask_stream(self:ColPaliIndex, question:str, # the question, in plain words
     t0 = time.perf_counter()
     question = check_question(question)
     self._check_search(k)
+    if k > max_pages:
+        raise ValueError(f"k={k} pages is more than a VLM is given (max_pages={max_pages}): their images would not fit "
+                         "a small model's context. Ask with a smaller k (-k), or raise max_pages if the VLM reads that many.")
     v = self._vlm(vlm, vlm_kwargs)
     pages = self.search(question, k=k, sources=sources, where=where)
     return ask_pages(question, pages, v, max_pages=k, max_pixels=max_pixels,
@@ -480,7 +484,7 @@ def ask_stream(self:ColPaliIndex, question:str, # the question, in plain words
 def ask(self:ColPaliIndex, question:str, # the question, in plain words
         k:int=3, # pages retrieved and given to the VLM
         vlm=None, # hub id, local folder, endpoint URL, 'tiny-vlm', or a ready VLM; None: SmolVLM-256M-Instruct
-        **kwargs # sources, where, max_pixels, and options for `load_vlm`
+        **kwargs # sources, where, max_pixels, max_pages, and options for `load_vlm`
        ):
     "The VLM's `Answer` to `question` from the `k` best pages, with the pages it cites and timings."
     return self.ask_stream(question, k=k, vlm=vlm, **kwargs).answer

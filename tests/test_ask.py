@@ -87,6 +87,8 @@ def test_empty_question_and_bad_k(index, vlm_dirs):
     with pytest.raises(TypeError, match='must be a string'): index.ask(None, vlm=str(vlm_dirs['smolvlm']))
     for k in (0, -1, 1.5):
         with pytest.raises(ValueError, match='k must be a positive int'): index.ask(Q, k=k, vlm=str(vlm_dirs['smolvlm']))
+    with pytest.raises(ValueError, match=r'k=9 pages is more than a VLM is given \(max_pages=8\)'):
+        index.ask(Q, k=9, vlm=str(vlm_dirs['smolvlm']))
 
 
 def test_deleted_page_images(tmp_path, tiny_model_dir, encoder, sample_pdf, vlm_dirs):
