@@ -12,11 +12,12 @@ from fastcore.basics import patch
 from .tiny import TINY_MARKER, is_tiny_random, cache_dir
 
 # %% auto #0
-__all__ = ['PROMPT', 'MAX_PIXELS', 'MAX_PAGES', 'QWEN2_VL_TEMPLATE', 'SMOLVLM_TEMPLATE', 'TINY_VLM_FAMILIES', 'TINY_VLM_ALIASES',
-           'DEFAULT_VLM', 'TINY_VLM_BANNER', 'VLMUnavailableError', 'UnsupportedVLMError', 'ContextTooSmallError',
-           'PageImageMissingError', 'check_question', 'build_messages', 'citations', 'citation_spans', 'Answer',
-           'fit_image', 'page_images', 'AnswerStream', 'context_length', 'LocalVLM', 'build_tiny_vlm', 'tiny_vlm_path',
-           'openai_messages', 'EndpointVLM', 'TinyVLMWarning', 'load_vlm', 'ask_pages']
+__all__ = ['PROMPT', 'MAX_PIXELS', 'MAX_PAGES', 'QWEN2_VL_TEMPLATE', 'SMOLVLM_TEMPLATE', 'TINY_VLM_FAMILIES', 'TINY_VLM_VERSION',
+           'TINY_VLM_ALIASES', 'DEFAULT_VLM', 'TINY_VLM_BANNER', 'VLMUnavailableError', 'UnsupportedVLMError',
+           'ContextTooSmallError', 'PageImageMissingError', 'check_question', 'build_messages', 'citations',
+           'citation_spans', 'Answer', 'fit_image', 'page_images', 'AnswerStream', 'context_length', 'resolve_vlm',
+           'LocalVLM', 'build_tiny_vlm', 'tiny_vlm_path', 'openai_messages', 'EndpointVLM', 'TinyVLMWarning',
+           'load_vlm', 'ask_pages']
 
 # %% ../nbs/12_ask.ipynb #ca2fb6aa
 class VLMUnavailableError(ColPaliMilvusError, ConnectionError):
@@ -172,7 +173,17 @@ def context_length(cfg # a transformers model config
             if isinstance(v, int) and v > 0: return v
     return None
 
-# %% ../nbs/12_ask.ipynb #c16627a0
+# %% ../nbs/12_ask.ipynb #a5cfecf3
+def resolve_vlm(name:str, # hub id or local folder of a VLM
+                timeout:float=5.0 # seconds to wait for the hub before using the local cache
+               )->str:
+    "A VLM's folder (or hub id when the hub answers), as `resolve_model` finds it; `ModelUnavailableError` that says what to do."
+    from colpali_milvus.encode import resolve_model
+    try: return resolve_model(name, timeout)
+    except ModelUnavailableError as e:  # the encoder's hint names --model; the VLM's option is --vlm
+        raise ModelUnavailableError(f"VLM: {e}".replace('(--model DIR)', '(--vlm DIR, or vlm=DIR)')) from None
+
+# %% ../nbs/12_ask.ipynb #e1100381
 class LocalVLM:
     "A transformers image-text-to-text model, its processor and chat template, ready to answer from page images."
     kind = 'local'
@@ -185,11 +196,9 @@ class LocalVLM:
                 ):
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-        from colpali_milvus.encode import resolve_model, pick_device, pick_dtype
+        from colpali_milvus.encode import pick_device, pick_dtype
         self.model_name, self.max_new_tokens, self.max_pixels = str(model), _positive('max_new_tokens', max_new_tokens), max_pixels
-        try: self.path = resolve_model(str(model), timeout)
-        except ModelUnavailableError as e:  # the encoder's hint names --model; the VLM's option is --vlm
-            raise ModelUnavailableError(f"VLM: {e}".replace('(--model DIR)', '(--vlm DIR, or vlm=DIR)')) from None
+        self.path = resolve_vlm(str(model), timeout)
         local = Path(self.path).is_dir()
         try: cfg = AutoConfig.from_pretrained(self.path, local_files_only=local)
         except (OSError, ValueError) as e:
@@ -221,7 +230,7 @@ def _positive(name, v)->int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int, not {v!r}.")
     return v
 
-# %% ../nbs/12_ask.ipynb #ab2c4cbb
+# %% ../nbs/12_ask.ipynb #0a18f4fc
 def _image_token_ids(proc)->set:
     "Token ids the processor puts in place of image patches."
     tok, ids = proc.tokenizer, set()
@@ -249,7 +258,7 @@ def prepare(self:LocalVLM, messages:list # chat messages as `build_messages` mak
             f"smaller page images (max_pixels, now {self.max_pixels}) or a shorter answer (max_new_tokens).")
     return inputs.to(self.model.device), n, n_img
 
-# %% ../nbs/12_ask.ipynb #1acc9d49
+# %% ../nbs/12_ask.ipynb #51d5d5da
 @patch
 def stream(self:LocalVLM, inputs # model inputs, as `prepare` returns them
           )->'Iterator[str]':
@@ -269,7 +278,7 @@ def stream(self:LocalVLM, inputs # model inputs, as `prepare` returns them
     th.join()
     if err: raise err[0]
 
-# %% ../nbs/12_ask.ipynb #9963842d
+# %% ../nbs/12_ask.ipynb #4a7b94b1
 QWEN2_VL_TEMPLATE = ("{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
     "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
     "{{ message['content'] }}{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' or 'image' in c %}"
@@ -291,7 +300,7 @@ def _bytes_tokenizer(cls, special:list, **kwargs):
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in special], special_tokens=True)
     return tok
 
-# %% ../nbs/12_ask.ipynb #d682751b
+# %% ../nbs/12_ask.ipynb #9c2bb929
 def _tiny_qwen2_vl(small:bool, layers:int):
     "(model, processor) of a random Qwen2-VL: tiny, or Qwen2-VL-2B's widths with `layers` layers."
     from transformers import (Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen2VLProcessor, Qwen2VLConfig,
@@ -311,7 +320,7 @@ def _tiny_qwen2_vl(small:bool, layers:int):
                hidden_size=w['hidden_size'], patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     return Qwen2VLForConditionalGeneration, Qwen2VLConfig(text_config=text, vision_config=vis, **ids), proc
 
-# %% ../nbs/12_ask.ipynb #fd2df09e
+# %% ../nbs/12_ask.ipynb #3b63fa9d
 def _tiny_smolvlm(small:bool, layers:int):
     "(model, processor) of a random SmolVLM (Idefics3): tiny, or SmolVLM-256M's widths with `layers` layers."
     from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ImageProcessor, Idefics3Processor, Idefics3ForConditionalGeneration
@@ -334,7 +343,7 @@ def _tiny_smolvlm(small:bool, layers:int):
                          scale_factor=shuffle, image_token_id=proc.image_token_id)
     return Idefics3ForConditionalGeneration, cfg, proc
 
-# %% ../nbs/12_ask.ipynb #d22a8b73
+# %% ../nbs/12_ask.ipynb #868f7476
 def _unprintable(tok, vocab_size:int)->list:
     "Ids of every token except printable ASCII bytes ('!'..'~'), the space ('Ġ') and EOS, up to `vocab_size`."
     keep = {chr(c) for c in range(33, 127)} | {'\u0120'}
@@ -342,8 +351,9 @@ def _unprintable(tok, vocab_size:int)->list:
     ok = {i for t, i in vocab.items() if t in keep} | {tok.eos_token_id}
     return [i for i in range(vocab_size) if i not in ok]
 
-# %% ../nbs/12_ask.ipynb #316bd01e
+# %% ../nbs/12_ask.ipynb #8333eeaf
 TINY_VLM_FAMILIES = {'qwen2-vl': _tiny_qwen2_vl, 'smolvlm': _tiny_smolvlm} # tiny VLM family -> its builder
+TINY_VLM_VERSION = 2 # bumped when the tiny VLMs change: cached ones of another version are built again
 TINY_VLM_ALIASES = {'tiny-vlm': 'smolvlm', 'tiny-smolvlm': 'smolvlm', 'tiny-qwen2-vl': 'qwen2-vl'} # VLM name -> tiny family
 
 def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
@@ -361,7 +371,7 @@ def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
     if path.exists() and any(path.iterdir()) and not is_tiny_random(path):
         raise FileExistsError(f"{path}: folder exists and is not a tiny colpali-milvus model; refusing to overwrite it.")
     cls, cfg, proc = TINY_VLM_FAMILIES[family](size == 'small', _positive('layers', layers))
-    setattr(cfg, TINY_MARKER, True)
+    setattr(cfg, TINY_MARKER, True); setattr(cfg, 'colpali_milvus_tiny_vlm_version', TINY_VLM_VERSION)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(cfg)
@@ -379,10 +389,12 @@ def tiny_vlm_path(name:str='tiny-vlm' # a `TINY_VLM_ALIASES` name or a `TINY_VLM
     if fam not in TINY_VLM_FAMILIES:
         raise ValueError(f"unknown tiny VLM {name!r}: use one of {', '.join(map(repr, TINY_VLM_ALIASES))}.")
     path = cache_dir()/f'tiny-vlm-{fam}'
-    if not is_tiny_random(path): build_tiny_vlm(fam, path)
+    try: version = json.loads((path/'config.json').read_text()).get('colpali_milvus_tiny_vlm_version')
+    except (OSError, ValueError): version = None
+    if not is_tiny_random(path) or version != TINY_VLM_VERSION: build_tiny_vlm(fam, path)
     return path
 
-# %% ../nbs/12_ask.ipynb #2cfe68ad
+# %% ../nbs/12_ask.ipynb #a62a76d1
 def _data_url(img)->str:
     "A PIL image as a base64 PNG data URL."
     buf = io.BytesIO(); img.save(buf, format='PNG')
@@ -394,7 +406,7 @@ def openai_messages(messages:list # chat messages as `build_messages` makes them
     conv = lambda c: {'type': 'image_url', 'image_url': {'url': _data_url(c['image'])}} if c['type'] == 'image' else c
     return [{**m, 'content': [conv(c) for c in m['content']]} for m in messages]
 
-# %% ../nbs/12_ask.ipynb #67922175
+# %% ../nbs/12_ask.ipynb #55b76d35
 class EndpointVLM:
     "A VLM behind an OpenAI-compatible chat completions endpoint (vLLM, Ollama, `transformers serve`, hosted APIs)."
     kind = 'endpoint'
@@ -451,7 +463,7 @@ def _only_model(self:EndpointVLM)->str:
                          "name the one to use (model=..., --vlm-model).")
     return ids[0]
 
-# %% ../nbs/12_ask.ipynb #e2180790
+# %% ../nbs/12_ask.ipynb #8d67adfb
 @patch
 def prepare(self:EndpointVLM, messages:list # chat messages as `build_messages` makes them
            )->tuple:
@@ -479,7 +491,7 @@ def complete(self:EndpointVLM, inputs # request messages, as `prepare` returns t
     except openai.OpenAIError as e: raise self._fail(e) from None
     return r.choices[0].message.content or ''
 
-# %% ../nbs/12_ask.ipynb #261ce2f4
+# %% ../nbs/12_ask.ipynb #47116c48
 DEFAULT_VLM = 'HuggingFaceTB/SmolVLM-256M-Instruct' # a small VLM that runs on a CPU
 
 TINY_VLM_BANNER = """
@@ -523,7 +535,7 @@ def load_vlm(vlm=None, # URL, hub id, local folder, 'tiny-vlm', or a `LocalVLM`/
     if out.is_tiny: warnings.warn(f"{out.path} is a tiny RANDOMLY INITIALISED VLM: its answers are meaningless.", TinyVLMWarning, stacklevel=2)
     return out
 
-# %% ../nbs/12_ask.ipynb #00a9c122
+# %% ../nbs/12_ask.ipynb #327d1fbb
 def ask_pages(question:str, # the question
               pages:list, # the retrieved `SearchResult`s, best first
               vlm, # a ready VLM (`load_vlm`)

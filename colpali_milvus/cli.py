@@ -89,10 +89,9 @@ DEMO_QUESTION = "What does the ColBERT performance table compare?"
 def demo_vlm(vlm:str|None, # requested VLM, or None for the default with a fallback
              out=sys.stdout)->str:
     "The VLM the demo will use: the requested one, the default if it can be had, else 'tiny-vlm' with a banner."
-    from colpali_milvus.encode import resolve_model
-    from colpali_milvus.ask import DEFAULT_VLM, TINY_VLM_BANNER
+    from colpali_milvus.ask import DEFAULT_VLM, TINY_VLM_BANNER, resolve_vlm
     if vlm: return vlm
-    try: resolve_model(DEFAULT_VLM); return DEFAULT_VLM
+    try: resolve_vlm(DEFAULT_VLM); return DEFAULT_VLM
     except ModelUnavailableError as e:
         print(TINY_VLM_BANNER, file=out); print(f"Reason: {e}\n", file=out)
         return 'tiny-vlm'
