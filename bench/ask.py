@@ -8,8 +8,8 @@ many image tokens the prompt holds per k.
 
 Retrieval uses the tiny ColPali on the bundled sample PDF (its pages rendered as the index renders them): retrieval
 time is not what this measures (see the other benches). The random VLM writes noise, but every token is a real
-forward pass; its generation config makes every answer exactly `max_new_tokens` tokens of printable ASCII
-(one character each), in process and served, so the table's tokens written checks that. Prints a Markdown
+forward pass; its generation config makes every answer exactly `max_new_tokens` tokens of random letters
+and spaces (one character each, streamed token by token), in process and served, so the table's tokens written checks that. Prints a Markdown
 table and writes <out>/ask.json.
 """
 from __future__ import annotations

@@ -343,17 +343,18 @@ def _tiny_smolvlm(small:bool, layers:int):
                          scale_factor=shuffle, image_token_id=proc.image_token_id)
     return Idefics3ForConditionalGeneration, cfg, proc
 
-# %% ../nbs/12_ask.ipynb #868f7476
+# %% ../nbs/12_ask.ipynb #919b8f31
 def _unprintable(tok, vocab_size:int)->list:
-    "Ids of every token except printable ASCII bytes ('!'..'~'), the space ('Ġ') and EOS, up to `vocab_size`."
-    keep = {chr(c) for c in range(33, 127)} | {'\u0120'}
+    "Ids of every token except ASCII letters and digits, the space ('Ġ') and EOS, up to `vocab_size`."
+    import string
+    keep = set(string.ascii_letters + string.digits) | {'\u0120'}
     vocab = tok.get_vocab()
     ok = {i for t, i in vocab.items() if t in keep} | {tok.eos_token_id}
     return [i for i in range(vocab_size) if i not in ok]
 
-# %% ../nbs/12_ask.ipynb #8333eeaf
+# %% ../nbs/12_ask.ipynb #c3e80a1d
 TINY_VLM_FAMILIES = {'qwen2-vl': _tiny_qwen2_vl, 'smolvlm': _tiny_smolvlm} # tiny VLM family -> its builder
-TINY_VLM_VERSION = 2 # bumped when the tiny VLMs change: cached ones of another version are built again
+TINY_VLM_VERSION = 3 # bumped when the tiny VLMs change: cached ones of another version are built again
 TINY_VLM_ALIASES = {'tiny-vlm': 'smolvlm', 'tiny-smolvlm': 'smolvlm', 'tiny-qwen2-vl': 'qwen2-vl'} # VLM name -> tiny family
 
 def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
@@ -379,7 +380,7 @@ def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path); proc.save_pretrained(path)
     (path/'README.md').write_text(f"# Tiny random {family} VLM (NOT a real model)\n\nBuilt by `colpali_milvus.ask.build_tiny_vlm`"
-                                  f"({family!r}, seed={seed}, size={size!r}): RANDOM weights, its answers are meaningless (printable ASCII noise).\n")
+                                  f"({family!r}, seed={seed}, size={size!r}): RANDOM weights, its answers are meaningless (random letters).\n")
     return path
 
 def tiny_vlm_path(name:str='tiny-vlm' # a `TINY_VLM_ALIASES` name or a `TINY_VLM_FAMILIES` family

@@ -69,6 +69,7 @@ def test_streaming_and_image_tokens_grow_with_k(index, vlm_dirs):
         one = st.answer
         three = index.ask(Q, k=3, vlm=str(vlm_dirs['qwen2-vl']), max_new_tokens=6)
     assert ''.join(pieces).strip() == one.text and len(one.pages) == 1
+    assert len(pieces) > 1, 'the answer streams piece by piece'
     assert one.timings['first_token'] <= one.timings['total']
     assert len(three.pages) == 3 and three.image_tokens > 2*one.image_tokens, (one.image_tokens, three.image_tokens)
     # the VLM is loaded once and reused: the second question did not load it again
