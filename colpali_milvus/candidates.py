@@ -6,12 +6,13 @@
 from __future__ import annotations
 import numpy as np
 from pymilvus import DataType
-from .maxsim import bf16_bits, block_maxsim, rank
-from .store import CENTROIDS_SUFFIX, MAX_POOL, index_params
+from fastcore.basics import patch
+from .maxsim import block_maxsim, rank
+from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
 # %% auto #0
-__all__ = ['HNSW_PARAMS', 'page_centroids', 'centroid_block', 'LocalCandidates', 'centroid_pk', 'centroids_schema',
-           'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
+__all__ = ['HNSW_PARAMS', 'CENTROID_BATCH', 'page_centroids', 'centroid_block', 'LocalCandidates', 'centroid_pk',
+           'centroids_schema', 'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
 
 # %% ../nbs/05a_candidates.ipynb #437a61d5
 def page_centroids(v:np.ndarray, # a page's vectors (n, dim), unit norm
@@ -95,6 +96,7 @@ def aggregate_hits(hits:list # per query vector: [(page id, similarity), ...], b
 
 # %% ../nbs/05a_candidates.ipynb #dbfd02b3
 HNSW_PARAMS = {'M': 16, 'efConstruction': 128}
+CENTROID_BATCH = 5000   # centroid rows per insert: ~2.6 MB of float32
 
 class MilvusCandidates:
     "The candidate stage in Milvus: centroid rows in `<collection>__centroids`, searched by every query vector at once."
@@ -113,33 +115,40 @@ class MilvusCandidates:
         c.create_index(self.name, index_params(c, 'vector', index_type, 'IP', HNSW_PARAMS if params is None else params), sync=True)
         c.load_collection(self.name)
 
-    def put(self, page_ids:list, centroids:list, overwrite:bool=True # False for pages not stored yet (insert is faster)
-           ):
-        "Write (or overwrite) pages' centroid rows, 5,000 rows per call."
-        rows = [r for pid, c in zip(page_ids, centroids) for r in centroid_rows(pid, c)]
-        put = self.db.upsert if overwrite else self.db.insert
-        for s in range(0, len(rows), 5000): put(self.name, rows[s:s+5000])
+# %% ../nbs/05a_candidates.ipynb #4570724c
+@patch
+def put(self:MilvusCandidates, page_ids:list, centroids:list, overwrite:bool=True # False for pages not stored yet (insert is faster)
+       ):
+    "Write (or overwrite) pages' centroid rows, `CENTROID_BATCH` rows per call."
+    rows = [r for pid, c in zip(page_ids, centroids) for r in centroid_rows(pid, c)]
+    put = self.db.upsert if overwrite else self.db.insert
+    for s in range(0, len(rows), CENTROID_BATCH): put(self.name, rows[s:s+CENTROID_BATCH])
 
-    def stored(self, page_ids:list, **read)->set:
-        "Those of `page_ids` that have centroid rows."
-        if not page_ids: return set()
-        return {int(r['page_id']) for r in self.db.get(self.name, ids=[centroid_pk(p, 0) for p in page_ids],
-                                                         output_fields=['page_id'], **read)}
 
-    def delete(self, page_ids:list, first:dict|None=None):
-        "Delete every centroid row of pages (or, with `first`, only rows from `first[page_id]` on)."
-        pks = [centroid_pk(p, j) for p in page_ids for j in range((first or {}).get(p, 0), self.pool)]
-        for s in range(0, len(pks), 16384): self.db.delete(self.name, ids=pks[s:s+16384])
+@patch
+def stored(self:MilvusCandidates, page_ids:list, **read)->set:
+    "Those of `page_ids` that have centroid rows."
+    if not page_ids: return set()
+    return {int(r['page_id']) for r in self.db.get(self.name, ids=[centroid_pk(p, 0) for p in page_ids],
+                                                     output_fields=['page_id'], **read)}
 
-    def search(self, q:np.ndarray, # query vectors (q, dim), float32
-               n:int, # pages wanted
-               hits:int=128, # centroids each query vector asks for
-               ef:int|None=None, # HNSW search breadth (default: max(hits, 64))
-               filter:str='', # Milvus expression on `page_id`
-               consistency:str='Bounded' # 'Strong' sees every write made before the call
-              )->np.ndarray:
-        "Ids of the best `n` pages by their summed best centroid hits, best first."
-        res = self.db.search(self.name, data=np.asarray(q, np.float32).tolist(), limit=hits, filter=filter,
-                             output_fields=['page_id'], search_params={'params': {'ef': ef or max(hits, 64)}},
-                             consistency_level=consistency)
-        return aggregate_hits([[(h['entity']['page_id'], h['distance']) for h in r] for r in res])[0][:n]
+
+@patch
+def delete(self:MilvusCandidates, page_ids:list, first:dict|None=None):
+    "Delete every centroid row of pages (or, with `first`, only rows from `first[page_id]` on)."
+    pks = [centroid_pk(p, j) for p in page_ids for j in range((first or {}).get(p, 0), self.pool)]
+    for s in range(0, len(pks), MAX_IDS): self.db.delete(self.name, ids=pks[s:s+MAX_IDS])
+
+# %% ../nbs/05a_candidates.ipynb #a822a1a3
+@patch
+def search(self:MilvusCandidates, q:np.ndarray, # query vectors (q, dim), float32
+           n:int, # pages wanted
+           hits:int=128, # centroids each query vector asks for
+           ef:int|None=None, # HNSW search breadth (default: max(hits, 64))
+           filter:str='', # Milvus expression on `page_id`
+           **read # the snapshot to read, e.g. consistency_level='Strong' (default: the collection's, Strong)
+          )->np.ndarray:
+    "Ids of the best `n` pages by their summed best centroid hits, best first."
+    res = self.db.search(self.name, data=np.asarray(q, np.float32).tolist(), limit=hits, filter=filter,
+                         output_fields=['page_id'], search_params={'params': {'ef': ef or max(hits, 64)}}, **read)
+    return aggregate_hits([[(h['entity']['page_id'], h['distance']) for h in r] for r in res])[0][:n]

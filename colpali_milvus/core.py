@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #a93293f3
 from __future__ import annotations
-import hashlib
+import hashlib, numbers
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ['ColPaliMilvusError', 'PDFError', 'PopplerMissingError', 'ModelUnavailableError', 'DimensionMismatchError',
            'CollectionNotFoundError', 'DatabaseLockedError', 'MilvusUnavailableError', 'ModelMismatchError',
            'SourceNotFoundError', 'file_sha256', 'PageRecord', 'SearchResult', 'DocumentResult', 'AddReport',
-           'data_path', 'cpu_has_fast_bf16']
+           'data_path', 'cpu_has_fast_bf16', 'positive_int']
 
 # %% ../nbs/00_core.ipynb #879ec843
 class ColPaliMilvusError(Exception):
@@ -135,3 +135,13 @@ def cpu_has_fast_bf16(cpuinfo='/proc/cpuinfo' # the file to read CPU flags from 
                      )->bool:
     "True only if the CPU advertises native bfloat16 instructions (`amx_bf16` or `avx512_bf16`); False when unknown."
     return bool(_cpu_flags(cpuinfo) & {'amx_bf16', 'avx512_bf16'})
+
+# %% ../nbs/00_core.ipynb #ab12cd02
+def positive_int(value, # the value to check
+                 name:str, # the argument's name, for the message
+                 hint:str='', # what the number means, e.g. '1: no pooling'
+                 error:type=ValueError # the exception class to raise
+                )->int:
+    "`value` as an int if it is a positive integer (not a bool), else a clear error naming the argument."
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0: return int(value)
+    raise error(f"{name} must be a positive integer{f' ({hint})' if hint else ''}, not {value!r}.")

@@ -8,14 +8,16 @@ import json, math, os, threading, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
-from .core import *
-from .tiny import is_tiny_random, tiny_model_path, TINY_ALIASES
-from typing import NamedTuple
+from .core import ColPaliMilvusError, ModelUnavailableError, PDFError, cpu_has_fast_bf16, positive_int
+from .rasterize import to_rgb
+from typing import TYPE_CHECKING, NamedTuple
+if TYPE_CHECKING: from PIL import Image
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'FAMILIES', 'UnsupportedModelError', 'EncoderOptionError', 'pick_device', 'pick_dtype',
-           'hub_reachable', 'resolve_model', 'Family', 'config_model_type', 'check_supported', 'to_rgb', 'load_image',
-           'TinyModelWarning', 'ColPaliEncoder', 'PatchGrid', 'vectors_per_page', 'patch_grid']
+           'hub_reachable', 'resolve_model', 'Family', 'config_model_type', 'check_supported', 'load_image',
+           'TinyModelWarning', 'ColPaliEncoder', 'encode_images', 'encode_queries', 'PatchGrid', 'vectors_per_page',
+           'patch_grid']
 
 # %% ../nbs/02_encode.ipynb #0fd42673
 DEFAULT_MODEL = "vidore/colpali-v1.2" # LoRA adapter on vidore/colpaligemma-3b-pt-448-base (about 6 GB in all)
@@ -123,6 +125,7 @@ def _adapter_base(folder:Path)->str:
     if not base: raise ModelUnavailableError(f"{folder}/adapter_config.json: names no base_model_name_or_path; the adapter cannot be loaded.")
     return base
 
+# %% ../nbs/02_encode.ipynb #dbd65278
 def _fix_hint(name:str)->str:
     from huggingface_hub import constants
     base = _KNOWN_BASES.get(name)
@@ -134,6 +137,7 @@ def _fix_hint(name:str)->str:
             f"  2. download it with `--local-dir DIR` and pass that folder instead of {name!r} (--model DIR);\n"
             f"  3. give this machine access to {constants.ENDPOINT}.")
 
+# %% ../nbs/02_encode.ipynb #e03f4b23
 def _resolve(name, timeout:float=5.0)->tuple:
     "(folder or hub id for display, what to pass to from_pretrained, local_files_only) for model `name`."
     s = str(name)
@@ -198,6 +202,7 @@ def _read_json(path_or_id:str, fname:str, local_only:bool)->dict|None:
                                     "log in with `hf auth login`). Check the name.") from None
     except HfHubHTTPError as e: raise ModelUnavailableError(f"{path_or_id!r}: could not read {fname} from the hub: {e}") from None
 
+# %% ../nbs/02_encode.ipynb #011eb701
 def config_model_type(path_or_id:str, # model folder or hub id (as `_resolve` returns it)
                local_only:bool=True # use only local files
               )->str:
@@ -209,6 +214,7 @@ def config_model_type(path_or_id:str, # model folder or hub id (as `_resolve` re
         raise ModelUnavailableError(f"{path_or_id}: has neither config.json nor an adapter_config.json naming a base model.")
     return config_model_type(ad['base_model_name_or_path'], local_only)
 
+# %% ../nbs/02_encode.ipynb #cf1acebe
 _HF_NATIVE = {'colpali': 'vidore/colpali-v1.3', 'colqwen2': 'vidore/colqwen2-v1.0'}
 
 def check_supported(path_or_id:str, local_only:bool=True)->str:
@@ -224,26 +230,7 @@ def check_supported(path_or_id:str, local_only:bool=True)->str:
                                     f"{names} models, e.g. {DEFAULT_MODEL!r} or 'vidore/colqwen2-v1.0'.")
     return mt
 
-# %% ../nbs/02_encode.ipynb #b3f244ef
-def to_rgb(img)->'Image.Image':
-    "An 8-bit RGB copy of PIL image `img` (alpha over white; 16-bit/float greyscale rescaled)."
-    from PIL import Image
-    if img.mode == 'RGB': return img
-    if img.mode in ('I', 'F') or img.mode.startswith('I;16'):
-        a = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith('I;16'): a = a/257.
-        elif img.mode == 'F' and a.size and 0 <= a.min() and a.max() <= 1: a = a*255.
-        elif a.size and (a.min() < 0 or a.max() > 255):
-            lo, hi = a.min(), a.max()
-            a = (a - lo)/(hi - lo or 1.)*255.
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'L').convert('RGB')
-    if img.mode == 'P' and 'transparency' in img.info: img = img.convert('RGBA')
-    if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
-        rgba = img.convert('RGBA')
-        bg = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert('RGB')
-    return img.convert('RGB')
-
+# %% ../nbs/02_encode.ipynb #815bd4ed
 def load_image(x)->'Image.Image':
     "A PIL image, an image file, or an object with `.image_path`, as an 8-bit RGB PIL image."
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -273,6 +260,7 @@ class ColPaliEncoder:
                  batch_size:int=4, # pages or queries per forward pass
                  timeout:float=5.0 # seconds to wait for the hub before using the local cache
                 ):
+        from colpali_milvus.tiny import TINY_ALIASES, is_tiny_random, tiny_model_path   # the offline demo's models
         self.model_name = str(model)  # as given
         if str(model) in TINY_ALIASES: model = tiny_model_path(str(model))
         self.path, target, local_only = _resolve(model, timeout)  # local folder (the hub id if it will be downloaded)
@@ -302,10 +290,7 @@ class ColPaliEncoder:
         return (f"ColPaliEncoder(model={self.model_name!r}, family={self.family!r}, device={self.device!r}, dtype={self.dtype}, "
                 f"dim={self.dim}, batch_size={self.batch_size}{', TINY RANDOM' if self.is_tiny else ''})")
 
-def _check_bs(bs)->int:
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
-        raise EncoderOptionError(f"batch_size must be a positive integer, got {bs!r}.")
-    return bs
+def _check_bs(bs)->int: return positive_int(bs, 'batch_size', 'pages or queries per forward pass', EncoderOptionError)
 
 # %% ../nbs/02_encode.ipynb #ba9deea6
 _DROP_KEYS = {'labels', 'suffix'}
@@ -352,6 +337,7 @@ def encode_images(self:ColPaliEncoder,
             bar.update(len(images[i:i+bs]))
     return res
 
+# %% ../nbs/02_encode.ipynb #cdee205f
 def encode_queries(self:ColPaliEncoder,
                    queries, # a query or a list of them
                    batch_size:int|None=None # queries per forward pass (default: the encoder's)
@@ -395,6 +381,7 @@ def _grid_shape(self:ColPaliEncoder, img)->tuple:
     if rows == 0: return side, side, 1, 1  # not split: the global image is the only one
     return rows*side, cols*side, rows, cols
 
+# %% ../nbs/02_encode.ipynb #35b0f5b8
 def vectors_per_page(self:ColPaliEncoder,
                      image # a PIL image, image path or PageRecord
                     )->int:

@@ -4,10 +4,10 @@
 
 # %% ../nbs/10_evaluate.ipynb #bbd66a9f
 from __future__ import annotations
-import math, numbers
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import SearchResult
+from .core import SearchResult, positive_int
 
 # %% auto #0
 __all__ = ['ndcg_at_k', 'recall_at_k', 'mrr_at_k', 'result_keys', 'check_page_keys', 'Evaluation', 'score_results', 'evaluate',
@@ -106,7 +106,7 @@ def score_results(results:dict, # {qid: ranked list of `SearchResult`s}
 # %% ../nbs/10_evaluate.ipynb #76d978b1
 def _check_labels(queries:dict, qrels:dict, k):
     "Raise `ValueError`/`TypeError` for a bad `k`, empty `queries`, or queries without a relevant page."
-    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1: raise ValueError(f"k must be a positive int, not {k!r}.")
+    positive_int(k, 'k', 'pages per query')
     if not isinstance(queries, dict) or not isinstance(qrels, dict):
         raise TypeError("queries must be a dict {qid: text} and qrels a dict {qid: {page_key: relevance}}.")
     if not queries: raise ValueError("queries is empty: nothing to evaluate.")

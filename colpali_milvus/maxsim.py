@@ -9,7 +9,8 @@ from .core import DimensionMismatchError
 
 # %% auto #0
 __all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'maxsim_exact', 'bf16_bits', 'bf16_tensor',
-           'block_maxsim', 'screen']
+           'block_maxsim', 'page_max', 'stacked_exact', 'page_rows_view', 'refine', 'refined_maxsim', 'rerank',
+           'max_norms']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -136,20 +137,107 @@ def block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
     return out.numpy()
 
 # %% ../nbs/04_maxsim.ipynb #f5971cd6
-def screen(q:np.ndarray, # query vectors (q, dim), float32
-           bits:np.ndarray, # every vector of every page, as bfloat16 bits (rows, dim)
-           offsets:np.ndarray, # each page's first row in `bits`
-           norm:float, # the largest vector norm in `bits`
-           exact, # exact(j) -> float32 MaxSim of page j
-           k:int # pages wanted
-          )->tuple[list, np.ndarray]:
-    "Indices and exact scores of the pages scored, which hold the `k` best of all."
-    prod = (_tensor(np.ascontiguousarray(q, np.float32)).bfloat16() @ bf16_tensor(bits).T).float().numpy()
-    approx = np.maximum.reduceat(prod, offsets, axis=1).sum(axis=0)
-    margin = BF16_ERR * norm * float(np.sqrt(np.einsum('ij,ij->i', q, q)).sum())   # |approx - exact| <= margin
-    done, scores, kth = [], [], -np.inf
-    for j in np.argsort(-approx, kind='stable'):   # best screened first
-        if len(done) >= k and approx[j] + margin < kth: break   # it, and every page after it, scores below the k-th
-        done.append(int(j)); scores.append(exact(int(j)))
-        if len(done) >= k: kth = np.partition(scores, -k)[-k]
-    return done, np.array(scores, np.float32)
+def page_max(prod, # a query's product with the rows of pages, (q, rows), a torch tensor
+             lens:list # rows per page
+            )->np.ndarray:
+    "MaxSim of each page from the product: per query vector the page's largest entry, summed, in float32."
+    import torch
+    if len(set(lens)) == 1: best = prod.view(len(prod), len(lens), lens[0]).amax(2)
+    else: best = torch.stack([c.amax(1) for c in prod.split(list(lens), 1)], 1)
+    return best.float().sum(0).numpy()
+
+def stacked_exact(tq, # query vectors, a float32 torch tensor (q, dim)
+                  pages:list # page arrays (n_i, dim), float16 or float32
+                 )->np.ndarray:
+    "Exact MaxSim of each page in one float32 product over all their rows."
+    import torch
+    if not len(pages): return np.zeros(0, np.float32)
+    return page_max(tq @ torch.cat([_tensor(p) for p in pages]).float().T, [len(p) for p in pages])
+
+# %% ../nbs/04_maxsim.ipynb #d00dfee3
+def page_rows_view(prod, # a query's product with the rows of pages, (q, rows), a torch tensor
+                   lens:list # rows per page
+                  ):
+    "The product as (q, pages, most rows per page); rows past a page's end are -inf."
+    import torch
+    n, most = len(lens), max(lens)
+    if min(lens) == most: return prod.view(len(prod), n, most)   # ColPali pages: no copy
+    at = torch.cat([torch.arange(l) + j * most for j, l in enumerate(lens)])
+    v = torch.full((len(prod), n * most), -torch.inf, dtype=prod.dtype)
+    v[:, at] = prod
+    return v.view(len(prod), n, most)
+
+def refine(v, # the screened product, (q, pages, rows) as `page_rows_view` gives it, bfloat16
+           tq, # query vectors, a float32 torch tensor (q, dim)
+           pages:list, # page arrays (n_i, dim), float16 or float32
+           sel:np.ndarray, # the pages to score
+           slack # per query vector: twice the bound on |screened - exact|, a torch tensor (q,)
+          )->tuple[np.ndarray, int]:
+    "Exact MaxSim of pages `sel`: a float32 dot only for rows within `slack` of a page's screened maximum."
+    import torch
+    w = v[:, torch.from_numpy(np.asarray(sel, np.int64))]
+    floor = w.amax(2).float() - slack[:, None]
+    down = floor.bfloat16()   # the floor rounded down to bfloat16, so that the comparison stays in bfloat16
+    down = torch.where(down.float() > floor, torch.nextafter(down, torch.full_like(down, -torch.inf)), down)
+    qi, pj, lj = (x.numpy() for x in torch.nonzero(w >= down[:, :, None], as_tuple=True))
+    order = np.argsort(pj, kind='stable'); qi, pj, lj = qi[order], pj[order], lj[order]
+    cut = np.flatnonzero(np.diff(pj)) + 1
+    rows = np.concatenate([np.asarray(pages[sel[p[0]]])[l] for p, l in zip(np.split(pj, cut), np.split(lj, cut))])
+    dots = (tq[torch.from_numpy(qi)] * torch.from_numpy(rows.astype(np.float32))).sum(1)
+    best = torch.full((len(tq) * len(sel),), -torch.inf).scatter_reduce_(0, torch.from_numpy(qi * len(sel) + pj), dots, 'amax')
+    return best.view(len(tq), len(sel)).sum(0).numpy(), len(qi)
+
+# %% ../nbs/04_maxsim.ipynb #d00dfeed
+def refined_maxsim(tq, # query vectors, a float32 torch tensor (q, dim)
+                   b, # the pages' rows stacked, a bfloat16 torch tensor
+                   pages:list, # the same pages as arrays (n_i, dim), float16 or float32
+                   norm:float, # the largest vector norm in `pages`
+                   k:int|None=None, # score only pages that may be among the `k` best (None: all)
+                   stats:dict|None=None # if given, gets 'pages' and 'pairs' scored in float32
+                  )->np.ndarray:
+    "Exact float32 MaxSim of each page from one bfloat16 product (-inf for pages proven not among the `k` best)."
+    import torch
+    v = page_rows_view(tq.bfloat16() @ b.T, [len(p) for p in pages])   # bfloat16 out: its rounding is in BF16_ERR
+    slack, n = 2 * BF16_ERR * norm * torch.linalg.vector_norm(tq, dim=1), len(pages)
+    s, done = np.full(n, -np.inf, np.float32), []
+    def score(sel): s[sel], pairs = refine(v, tq, pages, sel, slack); done.append((len(sel), pairs))
+    if not k or k >= n: score(np.arange(n))
+    else:
+        approx = v.amax(2).float().sum(0).numpy()   # each page's screened MaxSim, within slack.sum() / 2 of its exact
+        order = np.argsort(-approx, kind='stable')
+        score(order[:k])   # the k best screened, exactly: their k-th score is a floor
+        rest = order[k:][approx[order[k:]] + float(slack.sum()) / 2 >= s[order[:k]].min()]
+        if len(rest): score(rest)   # pages that may still beat the floor
+    if stats is not None: stats.update(pages=sum(d[0] for d in done), pairs=sum(d[1] for d in done))
+    return s
+
+# %% ../nbs/04_maxsim.ipynb #a1b2c3d4
+def rerank(q:np.ndarray, # query vectors (q, dim), float32
+           pages:list, # page arrays (n_i, dim), float16 or float32
+           k:int, # pages wanted
+           dtype:str='bfloat16', # screen in 'bfloat16', or score every page exactly in 'float32'
+           stacked:np.ndarray|None=None, # the pages' rows stacked: bfloat16 bits, or float32 (None: stacked here)
+           norm:float|None=None, # the largest vector norm in `pages` (None: computed)
+           stats:dict|None=None # if given, gets what `refined_maxsim` scored in float32
+          )->tuple[np.ndarray, np.ndarray]:
+    "Indices of the `k` best pages by exact float32 MaxSim and their scores, best first."
+    import torch
+    if not len(pages): return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    tq = _tensor(np.ascontiguousarray(q, np.float32))
+    if dtype != 'bfloat16':
+        f32 = stacked is not None and stacked.dtype == np.float32
+        s = page_max(tq @ _tensor(stacked).T, [len(p) for p in pages]) if f32 else stacked_exact(tq, pages)
+    else:
+        b = bf16_tensor(stacked) if stacked is not None else torch.cat([_tensor(p) for p in pages]).bfloat16()
+        if norm is None: norm = float(torch.linalg.vector_norm(b, dim=1, dtype=torch.float32).max()) * (1 + 2**-8)
+        s = refined_maxsim(tq, b, pages, norm, k, stats)
+    best = rank(s, k)
+    return best, s[best]
+
+# %% ../nbs/04_maxsim.ipynb #c0ffee02
+def max_norms(pages:list # page arrays (n_i, dim), float16 or float32
+             )->np.ndarray:
+    "Each page's largest vector norm, rounded up: the `norm` that `rerank` needs, computed once per page."
+    import torch
+    return np.array([float(torch.linalg.vector_norm(_tensor(p), dim=1, dtype=torch.float32).max()) * (1 + 2**-16)
+                     for p in pages], np.float32)

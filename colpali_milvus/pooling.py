@@ -7,6 +7,7 @@ from __future__ import annotations
 import numbers
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
+from .core import positive_int
 from .maxsim import as_matrix
 
 # %% auto #0
@@ -19,8 +20,7 @@ def _pooler():
     return HierarchicalTokenPooler()
 
 def _check_factor(pool_factor):
-    if not isinstance(pool_factor, numbers.Integral) or isinstance(pool_factor, bool) or pool_factor < 1:
-        raise ValueError(f"pool_factor must be a positive integer (1: no pooling, 2: about half the vectors, ...), not {pool_factor!r}.")
+    positive_int(pool_factor, 'pool_factor', '1: no pooling, 2: about half the vectors, ...')
 
 def pool_tokens(vectors, # one page's vectors, (n, dim) numpy array or torch tensor, unit norm
                  pool_factor:int=3, # keep at most (n - keep_last) // pool_factor pooled vectors; 1: no pooling

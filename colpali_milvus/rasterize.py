@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_rasterize.ipynb #70f2d398
 from __future__ import annotations
-import json, numbers, os, re, shutil, unicodedata, uuid, warnings
+import json, os, re, shutil, unicodedata, uuid, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +12,11 @@ import numpy as np
 from PIL import Image, ImageOps
 from pdf2image import convert_from_path, pdfinfo_from_path
 from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFPopplerTimeoutError
-from .core import PDFError, PopplerMissingError, PageRecord, file_sha256
+from .core import PDFError, PopplerMissingError, PageRecord, file_sha256, positive_int
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'PDF_EXTS', 'POPPLER_INSTALL', 'find_inputs', 'pdf_page_count', 'rasterize_pdf', 'rasterize_image',
-           'iter_inputs', 'rasterize', 'SourceFile', 'probe', 'render_pages']
+__all__ = ['IMAGE_EXTS', 'PDF_EXTS', 'POPPLER_INSTALL', 'find_inputs', 'pdf_page_count', 'rasterize_pdf', 'to_rgb',
+           'rasterize_image', 'iter_inputs', 'rasterize', 'SourceFile', 'probe', 'render_pages']
 
 # %% ../nbs/01_rasterize.ipynb #ff3c8284
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp')
@@ -201,16 +201,11 @@ def _runs(pages:list[int], size:int):
         else: runs.append([p, p])
     return [tuple(r) for r in runs]
 
-def _int_ok(x)->bool:
-    "Whether `x` is a positive integer (not a bool)."
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x > 0
-
 def _check_args(max_size, dpi=None, thread_count=None):
     "Raise `ValueError` for a bad `max_size`, `dpi` or `thread_count`."
-    if not _int_ok(max_size): raise ValueError(f'max_size must be a positive int (pixels), not {max_size!r}.')
+    positive_int(max_size, 'max_size', 'pixels')
     if dpi is not None and not dpi > 0: raise ValueError(f'dpi must be positive or None, not {dpi!r}.')
-    if thread_count is not None and not _int_ok(thread_count):
-        raise ValueError(f'thread_count must be a positive int or None, not {thread_count!r}.')
+    if thread_count is not None: positive_int(thread_count, 'thread_count', 'or None')
 
 # %% ../nbs/01_rasterize.ipynb #3804897e
 class _PdfiumFailed(Exception): "PDFium could not open or draw a page (poppler gets its turn)."
@@ -241,6 +236,7 @@ def _render_pdfium(path:Path, folder:Path, pages:list[int], max_size=1024, dpi=N
             for f in saving: f.result()
     finally: doc.close()
 
+# %% ../nbs/01_rasterize.ipynb #e34c88e1
 def _render_poppler(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None, password=None):
     "Render `pages` of the PDF with poppler's `pdftoppm`, `thread_count` processes at a time."
     tc = thread_count or min(4, os.cpu_count() or 1)
@@ -260,6 +256,7 @@ def _render_poppler(path:Path, folder:Path, pages:list[int], info:dict, max_size
             saving = [pool.submit(_save_png, im, folder/_page_name(first+i)) for i, im in enumerate(ims)]
         for s in saving: s.result()
 
+# %% ../nbs/01_rasterize.ipynb #c758ec93
 def _render_pdf(path:Path, folder:Path, pages:list[int], info:dict, max_size=1024, dpi=None, thread_count=None, password=None):
     "Render `pages` of the PDF at `path` into `folder` as `page-NNNN.png`: PDFium, else poppler."
     try: return _render_pdfium(path, folder, pages, max_size, dpi, thread_count or min(4, os.cpu_count() or 1), password)
@@ -284,23 +281,32 @@ def rasterize_pdf(path, # a PDF file
     if todo: _render_pdf(path, folder, todo, info, max_size, dpi, thread_count, password)
     return _records(path, folder, n, sha)
 
-# %% ../nbs/01_rasterize.ipynb #a5950b31
-def _to_rgb(im:Image.Image)->Image.Image:
-    "`im` as RGB: alpha composited on white, 16/32-bit grey scaled to 8 bits."
-    if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in im.info:
-        im = im.convert('RGBA'); bg = Image.new('RGB', im.size, 'white'); bg.paste(im, mask=im.getchannel('A')); return bg
-    if im.mode.startswith('I;16'): im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8))
-    elif im.mode in ('I', 'F'):
-        a = np.asarray(im, dtype=np.float64); lo, hi = a.min(), a.max()
-        im = Image.fromarray(((a - lo)/((hi - lo) or 1)*255).round().astype(np.uint8))
-    return im.convert('RGB')
+# %% ../nbs/01_rasterize.ipynb #rgb00001
+def to_rgb(img)->'Image.Image':
+    "An 8-bit RGB copy of PIL image `img` (alpha over white; 16-bit/float greyscale rescaled)."
+    if img.mode == 'RGB': return img
+    if img.mode in ('I', 'F') or img.mode.startswith('I;16'):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith('I;16'): a = a/257.
+        elif img.mode == 'F' and a.size and 0 <= a.min() and a.max() <= 1: a = a*255.
+        elif a.size and (a.min() < 0 or a.max() > 255):
+            lo, hi = a.min(), a.max()
+            a = (a - lo)/(hi - lo or 1.)*255.
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'L').convert('RGB')
+    if img.mode == 'P' and 'transparency' in img.info: img = img.convert('RGBA')
+    if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+        rgba = img.convert('RGBA')
+        bg = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert('RGB')
+    return img.convert('RGB')
 
+# %% ../nbs/01_rasterize.ipynb #a5950b31
 def _load_image(path:Path, max_size:int=1024)->Image.Image:
     "The image at `path`, upright, RGB, and at most `max_size` pixels on its longest side."
     try:
         with Image.open(path) as im:
             im.draft('RGB', (max_size, max_size))  # JPEG: decode at a reduced scale, still >= max_size
-            im = _to_rgb(ImageOps.exif_transpose(im))
+            im = to_rgb(ImageOps.exif_transpose(im))
     except Exception as e:
         raise PDFError(path, f'is not a readable image ({type(e).__name__}: {e}).', 'Re-export it as PNG or JPEG.') from None
     im.thumbnail((max_size, max_size), Image.LANCZOS)
@@ -408,7 +414,7 @@ def render_pages(src:SourceFile, # a file checked by `probe`
                 ):
     "Render `pages` of `src`, yielding their `PageRecord`s `chunk` pages at a time (pages already rendered are reused)."
     _check_args(max_size, dpi, thread_count)
-    if chunk is not None and not _int_ok(chunk): raise ValueError(f'chunk must be a positive int or None, not {chunk!r}.')
+    if chunk is not None: positive_int(chunk, 'chunk', 'pages per batch, or None')
     want = list(range(1, src.pages+1)) if pages is None else sorted(set(int(p) for p in pages))
     if bad := [p for p in want if not 1 <= p <= src.pages]:
         raise ValueError(f'{src.path} has pages 1..{src.pages}; there is no page {bad[0]}.')

@@ -8,16 +8,18 @@ import time
 from collections import OrderedDict
 import numpy as np
 from fastcore.basics import patch
+from pymilvus import mkts_from_unixtime
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
-from .maxsim import as_matrix, bf16_bits, maxsim_exact, rank, screen
+from .maxsim import as_matrix, bf16_bits, block_maxsim, max_norms, rank, rerank
 from .store import (DeadlineClient, PageFiles, META_FIELDS, VECTORS_SUFFIX, CENTROIDS_SUFFIX, MAX_CHUNKS, BLOB_CHARS,
+                    BLOB_BATCH, MAX_IDS,
                     blob_pk, blob_rows, check_page_id, from_blob, index_params, lite_data_dir, n_chunks, page_row,
                     pages_schema, vectors_schema)
 from .candidates import LocalCandidates, MilvusCandidates, centroid_block, page_centroids
-from .store import open_client, close_client   # the tutorial imports them from here
+from .store import open_client, close_client  # noqa: F401 (the tutorial imports them from here)
 
 # %% auto #0
-__all__ = ['candidate_dtype', 'MilvusColbertRetriever', 'SmallCollection']
+__all__ = ['FEWEST_VECTORS', 'candidate_dtype', 'MilvusColbertRetriever', 'SmallCollection']
 
 # %% ../nbs/05b_retriever.ipynb #dc9fc4ec
 def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
@@ -28,6 +30,7 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
     if dtype != 'auto': return dtype
     return 'bfloat16' if cpu_has_fast_bf16() else 'float32'
 
+# %% ../nbs/05b_retriever.ipynb #09d82706
 class MilvusColbertRetriever:
     "Multi-vector page store on Milvus with exact MaxSim ranking (interface of the Milvus ColPali notebook)."
     def __init__(self, milvus_client, # a `MilvusClient` (see `store.open_client`)
@@ -52,7 +55,8 @@ class MilvusColbertRetriever:
         self.lite_dir = lite_data_dir(self.client)   # set: Milvus Lite in this process, vectors in page files
         self.files = None                            # its `PageFiles`
         self.cache = OrderedDict()                   # page id -> (page row key, float16 vectors): read from a server
-        self._small, self._checked, self._strong_at, self._n_pages = None, -np.inf, -np.inf, None
+        self.norms = {}                              # (page id, version) -> its largest vector norm (see `max_norm`)
+        self._small, self._checked, self._wrote_at, self._n_pages = None, -np.inf, 0., None
         if self.exists():
             self.dim = self._schema_dim()
             self._check_layout()
@@ -91,6 +95,7 @@ def _check_layout(self:MilvusColbertRetriever):
             f"Collection {self.collection_name!r} was written by colpali-milvus 0.1 (page vectors stored another way). "
             "Index the files again into a new collection or database, e.g. `colpali-milvus index PATH --db new.db`.")
 
+# %% ../nbs/05b_retriever.ipynb #5350489a
 @patch
 def _require(self:MilvusColbertRetriever):
     "Raise `CollectionNotFoundError` unless the collection exists, and load it (checked once per `refresh_s`)."
@@ -105,6 +110,7 @@ def _require(self:MilvusColbertRetriever):
         if str(self.db.get_load_state(n).get('state')) != 'Loaded': self.client.load_collection(n)
     self._checked = now
 
+# %% ../nbs/05b_retriever.ipynb #95605c98
 @patch
 def create_collection(self:MilvusColbertRetriever, properties:dict|None=None # string properties to record (e.g. the model)
                      ):
@@ -127,10 +133,11 @@ def create_collection(self:MilvusColbertRetriever, properties:dict|None=None # s
     self.client.load_collection(self.collection_name)
     self._changed(); self._checked = -np.inf
 
+# %% ../nbs/05b_retriever.ipynb #b264bd26
 @patch
 def _changed(self:MilvusColbertRetriever):
-    "Forget what this client knows of the collection's pages: the next search reads it again, strongly."
-    self._small, self._n_pages, self._strong_at = None, None, -np.inf
+    "Forget what this client knows of the collection's pages; its next reads see its own writes."
+    self._small, self._n_pages, self._wrote_at = None, None, time.time()
 
 @patch
 def properties(self:MilvusColbertRetriever)->dict:
@@ -183,6 +190,7 @@ def _check_pages(self:MilvusColbertRetriever, page_ids, vectors, meta)->tuple[li
         if not 0 < len(v) <= most: raise DimensionMismatchError(f"page {i} has {len(v)} vectors; need 1..{most}.")
     return ids, vs, meta
 
+# %% ../nbs/05b_retriever.ipynb #c5bfad38
 @patch
 def add_pages(self:MilvusColbertRetriever, page_ids:list, # the pages' ids (the notebook's `doc_id`s)
               vectors:list, # their vectors, one (n_i, dim) array each
@@ -197,30 +205,36 @@ def add_pages(self:MilvusColbertRetriever, page_ids:list, # the pages' ids (the 
         where = self.files.append(vs, [bf16_bits(centroid_block(c, self.pool)) for c in cents], ids)
         rows = [page_row(i, mu, len(v), len(c), m, off, slot) for i, mu, v, c, m, (off, slot) in zip(ids, means, vs, cents, meta, where)]
         self.db.upsert(self.collection_name, rows)
-    else:
-        own = {'consistency_level': 'Session'}   # sees this client's writes (and older ones) without a strong read
-        old = {r['page_id']: r for r in self.db.get(self.collection_name, ids=ids, output_fields=['n_vectors', 'n_pooled'], **own)}
-        # new pages are inserted; the others upserted (delete + insert: slower), and so are pages whose blob or
-        # centroid rows a crash left without a page row (an insert would store their keys twice)
-        left = {int(b['doc_id']) for b in self.db.get(self.vectors_collection, ids=[blob_pk(i, 0) for i in ids],
-                                                      output_fields=['doc_id'], **own)}
-        left |= self.centroids.stored([i for i in ids if i not in old and i not in left], **own)
-        for new in (True, False):
-            part = [(i, v, c, mu, m) for i, v, c, mu, m in zip(ids, vs, cents, means, meta) if (i not in old and i not in left) == new]
-            if not part: continue
-            put = self.db.insert if new else self.db.upsert
-            blobs = [row for i, v, *_ in part for row in blob_rows(i, v)]
-            for s in range(0, len(blobs), 64): put(self.vectors_collection, blobs[s:s+64])
-            self.centroids.put([p[0] for p in part], [p[2] for p in part], overwrite=not new)
-            put(self.collection_name, [page_row(i, mu, len(v), len(c), m) for i, v, c, mu, m in part])
-        stale = [blob_pk(i, j) for i, v in zip(ids, vs) if i in old
-                 for j in range(n_chunks(v.size), n_chunks(old[i]['n_vectors'] * self.dim))]
-        if stale: self.db.delete(self.vectors_collection, ids=stale)
-        fewer = {i: len(c) for i, c in zip(ids, cents) if i in old and len(c) < old[i]['n_pooled']}
-        if fewer: self.centroids.delete(list(fewer), first=fewer)
-        for i in ids: self.cache.pop(i, None)
+    else: self._write_server(ids, vs, cents, means, meta)
     self._changed()
 
+# %% ../nbs/05b_retriever.ipynb #b68fe091
+@patch
+def _write_server(self:MilvusColbertRetriever, ids:list, vs:list, cents:list, means:list, meta:list):
+    "Write pages to a server: blob and centroid rows, then page rows; then drop what a smaller new version left."
+    own = {'consistency_level': 'Session'}   # sees this client's writes (and older ones) without a strong read
+    old = {r['page_id']: r for r in self.db.get(self.collection_name, ids=ids, output_fields=['n_vectors', 'n_pooled'], **own)}
+    # new pages are inserted; the others upserted (delete + insert: slower), and so are pages whose blob or
+    # centroid rows a crash left without a page row (an insert would store their keys twice)
+    left = {int(b['doc_id']) for b in self.db.get(self.vectors_collection, ids=[blob_pk(i, 0) for i in ids],
+                                                  output_fields=['doc_id'], **own)}
+    left |= self.centroids.stored([i for i in ids if i not in old and i not in left], **own)
+    for new in (True, False):
+        part = [(i, v, c, mu, m) for i, v, c, mu, m in zip(ids, vs, cents, means, meta) if (i not in old and i not in left) == new]
+        if not part: continue
+        put = self.db.insert if new else self.db.upsert
+        blobs = [row for i, v, *_ in part for row in blob_rows(i, v)]
+        for s in range(0, len(blobs), BLOB_BATCH): put(self.vectors_collection, blobs[s:s+BLOB_BATCH])
+        self.centroids.put([p[0] for p in part], [p[2] for p in part], overwrite=not new)
+        put(self.collection_name, [page_row(i, mu, len(v), len(c), m) for i, v, c, mu, m in part])
+    stale = [blob_pk(i, j) for i, v in zip(ids, vs) if i in old
+             for j in range(n_chunks(v.size), n_chunks(old[i]['n_vectors'] * self.dim))]
+    if stale: self.db.delete(self.vectors_collection, ids=stale)
+    fewer = {i: len(c) for i, c in zip(ids, cents) if i in old and len(c) < old[i]['n_pooled']}
+    if fewer: self.centroids.delete(list(fewer), first=fewer)
+    for i in ids: self.cache.pop(i, None)
+
+# %% ../nbs/05b_retriever.ipynb #67691a2a
 @patch
 def add_page(self:MilvusColbertRetriever, page_id:int, # the page's id (the notebook's `doc_id`)
              vectors, # its vectors, shape (n, dim)
@@ -240,6 +254,7 @@ def insert(self:MilvusColbertRetriever, data:dict # {"colbert_vecs": (n, dim), "
                   image_path=data.get('image_path', data.get('filepath', '')), sha256=data.get('sha256', ''),
                   metadata=data.get('metadata'))
 
+# %% ../nbs/05b_retriever.ipynb #43de2866
 @patch
 def delete_pages(self:MilvusColbertRetriever, page_ids:list # pages to remove
                 ):
@@ -251,21 +266,23 @@ def delete_pages(self:MilvusColbertRetriever, page_ids:list # pages to remove
     self.db.delete(self.collection_name, ids=ids)
     if self.files is None:
         pks = [blob_pk(r['page_id'], i) for r in rows for i in range(n_chunks(r['n_vectors'] * self.dim))]
-        for s in range(0, len(pks), 16384): self.db.delete(self.vectors_collection, ids=pks[s:s+16384])
+        for s in range(0, len(pks), MAX_IDS): self.db.delete(self.vectors_collection, ids=pks[s:s+MAX_IDS])
         self.centroids.delete([r['page_id'] for r in rows])
         for i in ids: self.cache.pop(i, None)
     self._changed()
 
 # %% ../nbs/05b_retriever.ipynb #c3a7261d
 @patch
-def consistency(self:MilvusColbertRetriever)->dict:
-    "Keyword arguments of the next search read: `Strong` once per `refresh_s`, else `Bounded` (nothing for Lite)."
+def consistency(self:MilvusColbertRetriever, lag:float|None=None # seconds a read may lag behind (None: `refresh_s`)
+               )->dict:
+    "Read keyword arguments that see every write acknowledged `lag` seconds ago (nothing for Lite, which sees all)."
     if self.lite_dir is not None: return {}
-    now = time.monotonic()
-    if now - self._strong_at < self.refresh_s: return {'consistency_level': 'Bounded'}
-    self._strong_at = now
-    return {'consistency_level': 'Strong'}
+    lag = self.refresh_s if lag is None else lag
+    if lag <= 0: return {'consistency_level': 'Strong'}
+    at = max(time.time() - lag, self._wrote_at)   # and this client's own writes, at once
+    return {'consistency_level': 'Customized', 'guarantee_timestamp': mkts_from_unixtime(at)}
 
+# %% ../nbs/05b_retriever.ipynb #89666dbb
 @patch
 def num_pages(self:MilvusColbertRetriever, **read # e.g. consistency_level='Bounded'
              )->int:
@@ -281,20 +298,23 @@ def page_rows(self:MilvusColbertRetriever, page_ids:list, # pages wanted
     "Page rows (source, page, image_path, ...) by page id; ids that are not stored are left out."
     self._require()
     ids, rows = [int(i) for i in page_ids], []
-    for s in range(0, len(ids), 16384):
-        rows += self.db.get(self.collection_name, ids=ids[s:s+16384], output_fields=list(fields), **read)
+    for s in range(0, len(ids), MAX_IDS):
+        rows += self.db.get(self.collection_name, ids=ids[s:s+MAX_IDS], output_fields=list(fields), **read)
     return {int(r['page_id']): {k: r[k] for k in fields} for r in rows}
 
+# %% ../nbs/05b_retriever.ipynb #66e3f8aa
 @patch
 def query_pages(self:MilvusColbertRetriever, filter:str, # a Milvus expression on page fields, e.g. 'source == "a.pdf"'
                 fields=('page_id',), # fields to read
-                limit:int|None=None # at most this many rows
+                limit:int|None=None, # at most this many rows
+                **read # e.g. `consistency()`
                )->list[dict]:
     "The page rows matching `filter` (only `fields` of them): one query, or batches when there are more than 16,384."
     self._require()
-    first = self.db.query(self.collection_name, filter=filter, output_fields=list(fields), limit=min(limit or 16384, 16384))
-    if len(first) < 16384 or limit == len(first): return [{k: r[k] for k in fields} for r in first]
-    it = self.db.query_iterator(self.collection_name, batch_size=16384, filter=filter, output_fields=list(fields),
+    first = self.db.query(self.collection_name, filter=filter, output_fields=list(fields), limit=min(limit or MAX_IDS, MAX_IDS),
+                          **read)
+    if len(first) < MAX_IDS or limit == len(first): return [{k: r[k] for k in fields} for r in first]
+    it = self.db.query_iterator(self.collection_name, batch_size=MAX_IDS, filter=filter, output_fields=list(fields),
                                 **({'limit': limit} if limit else {}))
     rows = []
     while batch := it.next(): rows += [{k: r[k] for k in fields} for r in batch]
@@ -302,9 +322,9 @@ def query_pages(self:MilvusColbertRetriever, filter:str, # a Milvus expression o
     return rows
 
 @patch
-def all_page_rows(self:MilvusColbertRetriever, fields=('page_id', 'n_vectors', 'n_pooled', 'sha256'))->list[dict]:
+def all_page_rows(self:MilvusColbertRetriever, fields=('page_id', 'n_vectors', 'n_pooled', 'sha256'), **read)->list[dict]:
     "Some fields of every complete page."
-    return self.query_pages('', fields)
+    return self.query_pages('', fields, **read)
 
 @patch
 def all_page_ids(self:MilvusColbertRetriever)->list[int]:
@@ -313,7 +333,7 @@ def all_page_ids(self:MilvusColbertRetriever)->list[int]:
 
 # %% ../nbs/05b_retriever.ipynb #55d9c678
 @patch
-def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:int=64)->dict:
+def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:int=BLOB_BATCH)->dict:
     "Vectors of pages read from their blob rows on a server (pages missing a blob row are left out)."
     pks = [blob_pk(r['page_id'], i) for r in rows for i in range(n_chunks(r['n_vectors'] * self.dim))]
     got = {}
@@ -327,6 +347,7 @@ def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:i
         if all(k in got for k in keys): out[pid] = from_blob([got[k] for k in keys], n * self.dim).reshape(n, self.dim)
     return out
 
+# %% ../nbs/05b_retriever.ipynb #81bfbc00
 @patch
 def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n_vectors, offset, sha256)
                  skip_missing:bool=False, # leave out pages whose vectors are gone (deleted by another client meanwhile)
@@ -340,10 +361,7 @@ def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n
         hit = self.cache.get(int(r['page_id']))
         if hit is not None and hit[0] == key(r): out[int(r['page_id'])] = hit[1]; self.cache.move_to_end(int(r['page_id']))
         else: todo.append(r)
-    got = self._fetch_blobs(todo, read) if todo else {}
-    missing = [r for r in todo if int(r['page_id']) not in got]
-    if missing and read.get('consistency_level') != 'Strong':   # written just now by another client: wait for it
-        got.update(self._fetch_blobs(missing, {'consistency_level': 'Strong'}))
+    got = self._fetch_blobs(todo, read) if todo else {}   # a page row in a snapshot has its blobs there too
     for r in todo:
         pid = int(r['page_id'])
         if pid not in got and skip_missing: continue
@@ -360,6 +378,7 @@ def _trim_cache(self:MilvusColbertRetriever):
     while self.cache and held > self.memory_budget // 2:
         _, (_, v) = self.cache.popitem(last=False); held -= v.nbytes
 
+# %% ../nbs/05b_retriever.ipynb #79a595ef
 @patch
 def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned by `page_rows`
                 )->dict:
@@ -367,10 +386,15 @@ def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned 
     return {pid: v.astype(np.float32) for pid, v in self.read_vectors(list(rows.values())).items()}
 
 # %% ../nbs/05b_retriever.ipynb #0d5d29b2
+FEWEST_VECTORS = 64   # vectors of the smallest page: a count of pages above exhaustive_rows / 64 is never small
+
 class SmallCollection:
     "Every vector of a small collection in one matrix: page rows, the matrix, each page's first row, the largest norm."
-    def __init__(self, rows:list, vectors:dict, dtype:str):
-        self.rows, self.dtype = rows, dtype
+    def __init__(self, rows:list, vectors:dict, dtype:str,
+                 centroids:np.ndarray|None=None, # the pages' centroid blocks in the order of `rows`, bfloat16 bits
+                 pool:int=0 # rows per centroid block
+                ):
+        self.rows, self.dtype, self.centroids, self.pool = rows, dtype, centroids, pool
         lens = np.array([r['n_vectors'] for r in rows], np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         self.pages = [vectors[int(r['page_id'])] for r in rows]   # float16 (views of the page files on Lite)
@@ -383,45 +407,54 @@ class SmallCollection:
             self.matrix[o:o+len(f)] = bf16_bits(f) if dtype == 'bfloat16' else f
         self.norm = float(np.sqrt(sq))
 
-    def search(self, q:np.ndarray, k:int)->list[tuple[float, dict]]:
-        "The best `k` pages by exact MaxSim over every vector."
-        if self.dtype == 'float32':   # one float32 product, as a brute force would
-            scores = np.maximum.reduceat(q @ self.matrix.T, self.offsets, axis=1).sum(axis=0)
-            return [(float(scores[j]), dict(self.rows[j])) for j in rank(scores, k)]
-        done, scores = screen(q, self.matrix, self.offsets, self.norm, lambda j: maxsim_exact(q, [self.pages[j]])[0], k)
-        return [(float(scores[j]), dict(self.rows[done[j]])) for j in rank(scores, k)]
+    def search(self, q:np.ndarray, k:int, n_candidates:int|None=None # rerank only this many pages, by centroids
+              )->list[tuple[float, dict]]:
+        "The best `k` pages by exact MaxSim over every vector (of the `n_candidates` best by centroids, when given)."
+        if self.centroids is None or n_candidates is None or len(self.rows) <= n_candidates:
+            best, scores = rerank(q, self.pages, k, self.dtype, self.matrix, self.norm or None)
+            return [(float(s), dict(self.rows[j])) for j, s in zip(best, scores)]
+        pick = np.sort(rank(block_maxsim(q, self.centroids, self.pool, self.dtype), n_candidates))
+        rows = np.concatenate([self.matrix[self.offsets[j]:self.offsets[j] + len(self.pages[j])] for j in pick])
+        best, scores = rerank(q, [self.pages[j] for j in pick], k, self.dtype, rows, self.norm or None)
+        return [(float(s), dict(self.rows[pick[j]])) for j, s in zip(best, scores)]
 
+# %% ../nbs/05b_retriever.ipynb #33790b61
 @patch
 def small(self:MilvusColbertRetriever)->SmallCollection|None:
     "The small collection's matrix, read again once its pages changed (None: not small)."
     now = time.monotonic()
-    if self._n_pages is None or now - self._n_pages[1] > self.refresh_s:
-        n = self.num_pages(**({} if self.lite_dir else {'consistency_level': 'Bounded'}))   # a count needs no strong read
+    if self._n_pages is None or now - self._n_pages[1] > self.refresh_s / 2:
+        read = self.consistency(self.refresh_s / 2)   # read every refresh_s/2, lagging refresh_s/2: writes show in refresh_s
+        n = self.num_pages(**read)
         if self._n_pages is None or n != self._n_pages[0]: self._small = None   # pages came or went: look again
         self._n_pages = (n, now)
-        if self._small is False or n * 64 > self.exhaustive_rows: return None   # too many pages to be small
-        rows = self.all_page_rows(META_FIELDS)
+        if self._small is False or n * FEWEST_VECTORS > self.exhaustive_rows: return None   # too many pages to be small
+        rows = self.all_page_rows(META_FIELDS, **read)
         fits = sum(r['n_vectors'] for r in rows) * self.dim * 4 <= min(self.exhaustive_rows * self.dim * 4, self.memory_budget // 2)
         if not fits or not rows: self._small = False; return None
         key = lambda rs: [(r['page_id'], r['n_vectors'], r['sha256'], r['offset']) for r in rs]
         if self._small is None or key(self._small.rows) != key(rows):
-            self._small = SmallCollection(rows, self.read_vectors(rows, **self.consistency()), self.cand_dtype)
+            cents = {}
+            if self.files is not None:   # Lite: the centroid blocks, for a candidate stage in the matrix
+                bits, pool = self.files.centroids()[0], self.files.pool
+                slots = np.array([r['slot'] for r in rows], np.int64)
+                cents = {'centroids': bits[(slots[:, None] * pool + np.arange(pool)).ravel()], 'pool': pool}
+            self._small = SmallCollection(rows, self.read_vectors(rows, **read), self.cand_dtype, **cents)
         else: self._small.rows = rows   # metadata may change alone
     return self._small or None
 
 # %% ../nbs/05b_retriever.ipynb #f9c10088
 @patch
 def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q, dim)
-               page_ids:list|None=None # only among these pages (None: all)
+               page_ids:list|None=None, # only among these pages (None: all)
+               read:dict|None=None # the snapshot to read (None: `consistency()`)
               )->dict:
     "Page rows of the pages worth scoring exactly: the best `n_candidates` by MaxSim on their centroids."
-    q, n, read = as_matrix(query, self.dim, what='query vectors'), self.n_candidates, self.consistency()
-    if self.files is None:
+    q, n, read = as_matrix(query, self.dim, what='query vectors'), self.n_candidates, read or self.consistency()
+    if self.files is None:   # centroids of a page still being written have no page row in the snapshot: left out
         expr = f"page_id in {[int(i) for i in page_ids]}" if page_ids is not None else ''
-        pids = self.centroids.search(q, n, self.hits, filter=expr, consistency=read['consistency_level'])
+        pids = self.centroids.search(q, n, self.hits, filter=expr, **read)
         rows = self.page_rows(pids, **read)
-        late = [p for p in pids if p not in rows]   # centroids seen before their page row: written just now?
-        if late and read['consistency_level'] != 'Strong': rows.update(self.page_rows(late, consistency_level='Strong'))
         return {p: rows[p] for p in pids if p in rows}
     slots = None if page_ids is None else [r['slot'] for r in self.page_rows(page_ids, ('page_id', 'slot')).values()]
     ask, found = n, {}
@@ -433,6 +466,7 @@ def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q
         if len(found) >= n or len(blocks) < ask: return found
         ask *= 2   # blocks of replaced or deleted pages took places: look further
 
+# %% ../nbs/05b_retriever.ipynb #3f48810f
 @patch
 def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
                  k:int=10, # pages to return
@@ -441,19 +475,30 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
     "The best `k` pages by exact MaxSim over every vector: [(score, page row), ...], best first."
     self._require()
     q = as_matrix(query, self.dim, what='query vectors')
-    if page_ids is None and (s := self.small()) is not None: return s.search(q, k)
+    if page_ids is None and (s := self.small()) is not None: return s.search(q, k, self.n_candidates)
+    read = self.consistency()
     if page_ids is not None:
         ids = list(dict.fromkeys(int(i) for i in page_ids))
         few = len(ids) <= self.n_candidates or len(ids) * 1030 <= self.exhaustive_rows
-        rows = self.page_rows(ids, **self.consistency()) if few else self.candidates(q, ids)
-    else: rows = self.candidates(q)
+        rows = self.page_rows(ids, **read) if few else self.candidates(q, ids, read)
+    else: rows = self.candidates(q, read=read)
     if not rows: return []
-    vectors = self.read_vectors(list(rows.values()), skip_missing=True,
-                                **({} if self.files is not None else {'consistency_level': 'Bounded'}))
+    vectors = self.read_vectors(list(rows.values()), skip_missing=True, **read)   # one snapshot for the whole search
     rows = [r for r in rows.values() if int(r['page_id']) in vectors]   # a page deleted meanwhile is left out
-    scores = maxsim_exact(q, [vectors[int(r['page_id'])] for r in rows])
-    return [(float(scores[j]), dict(rows[j])) for j in rank(scores, k)]
+    pages = [vectors[int(r['page_id'])] for r in rows]
+    best, scores = rerank(q, pages, k, self.cand_dtype, norm=self.max_norm(rows, pages))
+    return [(float(s), dict(rows[j])) for j, s in zip(best, scores)]
 
+@patch
+def max_norm(self:MilvusColbertRetriever, rows:list, pages:list)->float:
+    "The largest vector norm in `pages`, from each page's own, remembered by page version (`maxsim.max_norms`)."
+    keys = [(int(r['page_id']), r['n_vectors'], r.get('sha256'), r.get('offset')) for r in rows]
+    new = [(key, p) for key, p in zip(keys, pages) if key not in self.norms]
+    if len(self.norms) + len(new) > 1_000_000: self.norms.clear()   # a bound on what is remembered (~100 MB)
+    self.norms.update(zip([key for key, _ in new], max_norms([p for _, p in new]).tolist()))
+    return max((self.norms[key] for key in keys), default=0.) or None
+
+# %% ../nbs/05b_retriever.ipynb #59495b63
 @patch
 def search(self:MilvusColbertRetriever, data, # query vectors (q, dim)
            topk:int # pages to return

@@ -7,16 +7,17 @@ from __future__ import annotations
 import base64, logging, os, re
 from pathlib import Path
 import numpy as np
+from fastcore.basics import patch
 from pymilvus import MilvusClient, DataType
 from pymilvus.exceptions import MilvusException
 from .core import ColPaliMilvusError, DatabaseLockedError, MilvusUnavailableError
 
 # %% auto #0
 __all__ = ['DATA_CALLS', 'PAGE_FIELDS', 'META_FIELDS', 'USER_FIELDS', 'MAX_PAGE_ID', 'VECTORS_SUFFIX', 'CENTROIDS_SUFFIX',
-           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'is_local_uri', 'lite_servers', 'lite_data_dir', 'lite_locked',
-           'open_client', 'close_client', 'is_unavailable', 'DeadlineClient', 'pages_schema', 'page_row',
-           'check_page_id', 'sources_expr', 'metadata_expr', 'blob_pk', 'n_chunks', 'to_blob', 'from_blob',
-           'vectors_schema', 'blob_rows', 'PageFiles', 'index_params']
+           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'BLOB_BATCH', 'MAX_IDS', 'is_local_uri', 'lite_servers',
+           'lite_data_dir', 'lite_locked', 'open_client', 'close_client', 'is_unavailable', 'DeadlineClient',
+           'pages_schema', 'page_row', 'check_page_id', 'sources_expr', 'metadata_expr', 'blob_pk', 'n_chunks',
+           'to_blob', 'from_blob', 'vectors_schema', 'blob_rows', 'PageFiles', 'index_params']
 
 # %% ../nbs/05_store.ipynb #f8e75322
 def is_local_uri(uri:str)->bool:
@@ -37,6 +38,7 @@ def lite_data_dir(client)->Path|None:
         if address in (f'127.0.0.1:{port}', f'localhost:{port}'): return Path(path)
     return None
 
+# %% ../nbs/05_store.ipynb #980d7116
 def lite_locked(path)->bool:
     "True when a process holds Milvus Lite's lock on the database at `path`."
     lock = Path(path)/'LOCK'
@@ -60,6 +62,7 @@ def _locked_error(uri):
         f"or process (or call `close_client` there), or serve the database with `milvus-lite server --data-dir {uri} "
         "--port 19530` and connect every process with uri='http://127.0.0.1:19530'.")
 
+# %% ../nbs/05_store.ipynb #1b4e6980
 def open_client(uri:str='colpali.db', # Milvus Lite file path ending in .db, or a server address like http://localhost:19530
                 token:str='', # server credentials ("user:password" or an API key); unused for Milvus Lite
                 **kwargs # passed on to `MilvusClient`
@@ -85,6 +88,7 @@ def open_client(uri:str='colpali.db', # Milvus Lite file path ending in .db, or 
         raise
     finally: quiet.setLevel(level)
 
+# %% ../nbs/05_store.ipynb #716b18ac
 def close_client(client:MilvusClient, # a client from `open_client`
                  uri:str|None=None # its uri: a Lite database is then released so another process can open it
                 ):
@@ -146,6 +150,7 @@ def pages_schema(client, dim:int):
     s.add_field('vector', DataType.FLOAT_VECTOR, dim=dim)
     return s
 
+# %% ../nbs/05_store.ipynb #a76200ca
 def page_row(page_id:int, mean:np.ndarray, n_vectors:int, n_pooled:int, meta:dict, offset:int=-1, slot:int=-1)->dict:
     "The page row stored for a page."
     m = {**USER_FIELDS, **{k: v for k, v in meta.items() if v is not None}}
@@ -154,6 +159,7 @@ def page_row(page_id:int, mean:np.ndarray, n_vectors:int, n_pooled:int, meta:dic
             'image_path': str(m['image_path']), 'sha256': str(m['sha256']), 'metadata': m['metadata'] or {},
             'offset': int(offset), 'slot': int(slot)}
 
+# %% ../nbs/05_store.ipynb #c5796ea0
 def check_page_id(page_id)->int:
     "`page_id` as an int, or a clear error unless it is an integer in [0, MAX_PAGE_ID]."
     if isinstance(page_id, (bool, float)) or int(page_id) != page_id or not 0 <= int(page_id) <= MAX_PAGE_ID:
@@ -187,6 +193,8 @@ def metadata_expr(where:dict)->str:
 # %% ../nbs/05_store.ipynb #955c3ccc
 BLOB_CHARS = 60_000              # base64 characters per blob row
 MAX_CHUNKS = 1024                # blob rows per page: 46 MB of float16
+BLOB_BATCH = 64                  # blob rows per insert or get: ~3.8 MB, well inside gRPC's 64 MB messages
+MAX_IDS = 16384                  # keys one get or delete names, and rows one query returns (Milvus's cap)
 
 def blob_pk(page_id:int, chunk:int)->int:
     "Primary key of blob row `chunk` of a page."
@@ -196,6 +204,7 @@ def n_chunks(n_values:int)->int:
     "Blob rows needed for `n_values` float16 values."
     return -(-(4 * -(-2 * int(n_values) // 3)) // BLOB_CHARS)
 
+# %% ../nbs/05_store.ipynb #a46ccc27
 def to_blob(v:np.ndarray)->list[str]:
     "An array as float16, base64-encoded and cut into chunks of `BLOB_CHARS` characters."
     h = np.asarray(v, np.float16).ravel()
@@ -209,6 +218,7 @@ def from_blob(chunks:list[str], # the chunks in order
     "The float16 values that `to_blob` encoded."
     return np.frombuffer(base64.b64decode(''.join(chunks)), dtype=np.float16)[:n_values]
 
+# %% ../nbs/05_store.ipynb #d57eafc6
 def vectors_schema(client):
     "Schema of the blob rows: a key, the page id, a JSON chunk, and the 2-d vector field Milvus needs."
     s = client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -241,62 +251,74 @@ class PageFiles:
         p = self.paths[kind]
         return -(-p.stat().st_size // self.row[kind]) if p.exists() else 0
 
-    def append(self, vectors:list, # each page's vectors (n_i, dim)
-               blocks:list, # each page's centroid block (pool, dim), as bfloat16 bits (uint16)
-               page_ids:list # the pages' ids
-              )->list[tuple[int, int]]:
-        "Write pages at the end of the files and flush them to disk; returns each page's (offset, slot)."
-        self.folder.mkdir(parents=True, exist_ok=True)
-        offset = self._units('vectors')
-        slot = max(self._units('centroids'), self._units('slots'))
-        out = []
-        with open(self.paths['vectors'], 'ab') as fv, open(self.paths['centroids'], 'ab') as fc, \
-             open(self.paths['slots'], 'ab') as fs:
-            fv.truncate(offset * self.row['vectors']); fv.seek(0, 2)   # a torn tail is padded to whole rows
-            for f, kind in ((fc, 'centroids'), (fs, 'slots')): f.truncate(slot * self.row[kind]); f.seek(0, 2)
-            for v, b, pid in zip(vectors, blocks, page_ids):
-                fv.write(np.ascontiguousarray(v, np.float16).tobytes())
-                fc.write(np.ascontiguousarray(b, np.uint16).tobytes())
-                fs.write(np.int64(pid).tobytes())
-                out.append((offset, slot)); offset += len(v); slot += 1
-            for f in (fv, fc, fs): f.flush(); os.fsync(f.fileno())
-        return out
+# %% ../nbs/05_store.ipynb #99bc98e4
+@patch
+def append(self:PageFiles, vectors:list, # each page's vectors (n_i, dim)
+           blocks:list, # each page's centroid block (pool, dim), as bfloat16 bits (uint16)
+           page_ids:list # the pages' ids
+          )->list[tuple[int, int]]:
+    "Write pages at the end of the files and flush them to disk; returns each page's (offset, slot)."
+    self.folder.mkdir(parents=True, exist_ok=True)
+    offset = self._units('vectors')
+    slot = max(self._units('centroids'), self._units('slots'))
+    out = []
+    with open(self.paths['vectors'], 'ab') as fv, open(self.paths['centroids'], 'ab') as fc, \
+         open(self.paths['slots'], 'ab') as fs:
+        fv.truncate(offset * self.row['vectors']); fv.seek(0, 2)   # a torn tail is padded to whole rows
+        for f, kind in ((fc, 'centroids'), (fs, 'slots')): f.truncate(slot * self.row[kind]); f.seek(0, 2)
+        for v, b, pid in zip(vectors, blocks, page_ids):
+            fv.write(np.ascontiguousarray(v, np.float16).tobytes())
+            fc.write(np.ascontiguousarray(b, np.uint16).tobytes())
+            fs.write(np.int64(pid).tobytes())
+            out.append((offset, slot)); offset += len(v); slot += 1
+        for f in (fv, fc, fs): f.flush(); os.fsync(f.fileno())
+    return out
 
-    def _map(self, kind:str, dtype, width:int)->np.ndarray:
-        "The file's whole units as a read-only memory map (units, width), mapped again when the file has grown."
-        p = self.paths[kind]
-        whole = (p.stat().st_size if p.exists() else 0) // (np.dtype(dtype).itemsize * width)
-        m = self._maps.get(kind)
-        if m is None or len(m) < whole:
-            m = np.memmap(p, dtype, 'r', shape=(whole, width)) if whole else np.zeros((0, width), dtype)
-            self._maps[kind] = m
-        return m
+# %% ../nbs/05_store.ipynb #a3dd0444
+@patch
+def _map(self:PageFiles, kind:str, dtype, width:int)->np.ndarray:
+    "The file's whole units as a read-only memory map (units, width), mapped again when the file has grown."
+    p = self.paths[kind]
+    whole = (p.stat().st_size if p.exists() else 0) // (np.dtype(dtype).itemsize * width)
+    m = self._maps.get(kind)
+    if m is None or len(m) < whole:
+        m = np.memmap(p, dtype, 'r', shape=(whole, width)) if whole else np.zeros((0, width), dtype)
+        self._maps[kind] = m
+    return m
 
-    def vectors(self, offset:int, n:int)->np.ndarray:
-        "A page's vectors (n, dim) as float16, read from the memory map."
-        m = self._map('vectors', np.float16, self.dim)
-        if offset < 0 or offset + n > len(m):
-            raise RuntimeError(f"page vectors at rows {offset}..{offset + n} are missing from {self.paths['vectors']} "
-                               "(the page files do not belong to this database?); re-add the page.")
-        return m[offset:offset + n]
 
-    def centroids(self)->tuple[np.ndarray, np.ndarray]:
-        "Every centroid block as bfloat16 bits (blocks * pool, dim), and the page id of each block."
-        ids = self._map('slots', np.int64, 1)[:, 0]
-        cent = self._map('centroids', np.uint16, self.dim)
-        n = min(len(ids), len(cent) // self.pool)
-        return cent[:n * self.pool], ids[:n]
+@patch
+def vectors(self:PageFiles, offset:int, n:int)->np.ndarray:
+    "A page's vectors (n, dim) as float16, read from the memory map."
+    m = self._map('vectors', np.float16, self.dim)
+    if offset < 0 or offset + n > len(m):
+        raise RuntimeError(f"page vectors at rows {offset}..{offset + n} are missing from {self.paths['vectors']} "
+                           "(the page files do not belong to this database?); re-add the page.")
+    return m[offset:offset + n]
 
-    def nbytes(self)->int:
-        "Bytes on disk."
-        return sum(p.stat().st_size for p in self.paths.values() if p.exists())
 
-    def remove(self):
-        "Delete the files and their folder."
-        self._maps.clear()
-        for p in self.paths.values(): p.unlink(missing_ok=True)
-        try: self.folder.rmdir()
-        except OSError: pass
+@patch
+def centroids(self:PageFiles)->tuple[np.ndarray, np.ndarray]:
+    "Every centroid block as bfloat16 bits (blocks * pool, dim), and the page id of each block."
+    ids = self._map('slots', np.int64, 1)[:, 0]
+    cent = self._map('centroids', np.uint16, self.dim)
+    n = min(len(ids), len(cent) // self.pool)
+    return cent[:n * self.pool], ids[:n]
+
+# %% ../nbs/05_store.ipynb #a3d945f2
+@patch
+def nbytes(self:PageFiles)->int:
+    "Bytes on disk."
+    return sum(p.stat().st_size for p in self.paths.values() if p.exists())
+
+
+@patch
+def remove(self:PageFiles):
+    "Delete the files and their folder."
+    self._maps.clear()
+    for p in self.paths.values(): p.unlink(missing_ok=True)
+    try: self.folder.rmdir()
+    except OSError: pass
 
 # %% ../nbs/05_store.ipynb #531ba9ff
 def index_params(client, field:str, index_type:str='FLAT', metric_type:str='IP', params:dict|None=None):

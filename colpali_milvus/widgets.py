@@ -9,7 +9,8 @@ from dataclasses import fields
 from pathlib import Path
 import ipywidgets as widgets
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
-from .core import SearchResult, PDFError
+from .core import SearchResult, PDFError, positive_int
+from .rasterize import to_rgb
 
 # %% auto #0
 __all__ = ['thumbnail_png', 'result_card', 'ResultsGallery', 'show_results']
@@ -21,9 +22,7 @@ def _png_cached(path:str, mtime_ns:int, size:int, max_side:int)->bytes:
     try:
         with Image.open(path) as im:
             im.draft('RGB', (max_side, max_side)) # fast JPEG decoding at reduced size; no-op for PNG
-            im = ImageOps.exif_transpose(im)
-            if im.mode not in ('L', 'LA', 'RGB', 'RGBA'):
-                im = im.convert('RGBA' if 'transparency' in im.info or im.mode.endswith('A') else 'RGB')
+            im = to_rgb(ImageOps.exif_transpose(im))   # the package's one conversion (alpha over white)
             im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS) # keeps aspect, never upscales
             buf = io.BytesIO(); im.save(buf, format='PNG')
     except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -31,9 +30,7 @@ def _png_cached(path:str, mtime_ns:int, size:int, max_side:int)->bytes:
                        'Re-rasterize its PDF (re-index the file) to recreate the page image.') from e
     return buf.getvalue()
 
-def _check_side(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f'{name} must be a positive number of pixels, got {v!r}.')
+def _check_side(name, v): positive_int(v, name, 'pixels')
 
 def thumbnail_png(image_path, # page image (any format PIL reads)
                   max_side:int=256 # longest side of the result, in pixels (images are never upscaled)

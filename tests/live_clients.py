@@ -3,7 +3,8 @@
 The writer adds a page every 0.3 s (and deletes an older one every third time), logging each write with the time
 `add_pages`/`delete_pages` returned. Each reader polls that log and searches for every page written, recording how
 long after the write the first search that found it started (or that no longer found a deleted one), every search that
-started more than `refresh_s` after a write and missed it (`late`), its errors and its RssAnon.
+started more than `refresh_s` after a write and missed it (`late`; a page whose deletion began before the search
+started may be missed), its errors and its RssAnon.
 """
 import json, subprocess, sys, textwrap, time
 
@@ -19,6 +20,8 @@ READER = textwrap.dedent('''
         return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssAnon')) / 1024
     r = MilvusColbertRetriever(open_client(uri), 'live', refresh_s=refresh, exhaustive_rows=0, n_candidates=10,
                                memory_budget=64 << 20)
+    def deleting(pid, before):   # the writer began deleting pid before `before` (after this loop read the log)
+        return any(e['op'] == 'delete' and e['pid'] == pid and e['t0'] < before for e in map(json.loads, open(log_path)))
     seen, gone, errors, late, searches, rss = {}, {}, [], [], 0, []
     while time.time() < stop_at:
         try: events = [json.loads(l) for l in open(log_path)]
@@ -35,7 +38,7 @@ READER = textwrap.dedent('''
                 if pid not in top: gone.setdefault(pid, start - deleted[pid])
                 elif start - deleted[pid] > refresh: late.append(('delete', pid, start - deleted[pid]))
             elif top[:1] == [pid]: seen.setdefault(pid, start - stored[pid])
-            elif start - stored[pid] > refresh: late.append(('add', pid, start - stored[pid]))
+            elif start - stored[pid] > refresh and not deleting(pid, start): late.append(('add', pid, start - stored[pid]))
         if searches: rss.append(anon())   # from the first search on (it imports torch)
         time.sleep(0.02)
     print(json.dumps({'seen': seen, 'gone': gone, 'errors': errors, 'late': late, 'searches': searches, 'rss': [rss[len(rss)//4], rss[-1]]}))
@@ -55,8 +58,9 @@ WRITER = textwrap.dedent('''
         r.add_pages([pid], [vecs(pid)])
         log.write(json.dumps({'op': 'add', 'pid': pid, 't': time.time()}) + chr(10)); log.flush()
         if pid % 3 == 0:
+            t0 = time.time()
             r.delete_pages([pid - 2])
-            log.write(json.dumps({'op': 'delete', 'pid': pid - 2, 't': time.time()}) + chr(10)); log.flush()
+            log.write(json.dumps({'op': 'delete', 'pid': pid - 2, 't0': t0, 't': time.time()}) + chr(10)); log.flush()
         pid += 1; time.sleep(0.3)
 ''')
 

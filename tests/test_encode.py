@@ -11,6 +11,7 @@ from PIL import Image
 
 import colpali_milvus.encode as E
 from colpali_milvus.core import ColPaliMilvusError, ModelUnavailableError, PageRecord, PDFError
+from colpali_milvus.rasterize import to_rgb
 from colpali_milvus.encode import (ColPaliEncoder, EncoderOptionError, TinyModelWarning, UnsupportedModelError,
                                    cpu_has_fast_bf16, hub_reachable, pick_device, pick_dtype, resolve_model)
 
@@ -187,10 +188,10 @@ def test_image_inputs_paths_records_and_modes(enc, tmp_path):
 
 
 def test_to_rgb_conversions():
-    assert E.to_rgb(Image.new("RGBA", (2, 2), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
-    assert E.to_rgb(Image.fromarray(np.full((2, 2), 65535, np.uint16))).getpixel((0, 0)) == (255, 255, 255)
-    assert E.to_rgb(Image.fromarray(np.full((2, 2), 257 * 10, np.uint16))).getpixel((0, 0)) == (10, 10, 10)
-    assert E.to_rgb(Image.new("CMYK", (2, 2), (0, 0, 0, 255))).getpixel((0, 0)) == (0, 0, 0)
+    assert to_rgb(Image.new("RGBA", (2, 2), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.fromarray(np.full((2, 2), 65535, np.uint16))).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.fromarray(np.full((2, 2), 257 * 10, np.uint16))).getpixel((0, 0)) == (10, 10, 10)
+    assert to_rgb(Image.new("CMYK", (2, 2), (0, 0, 0, 255))).getpixel((0, 0)) == (0, 0, 0)
 
 
 def test_bad_image_inputs(enc, tmp_path):

@@ -1,17 +1,17 @@
 """Token pooling of ColPali-shaped pages: vector counts, unit norm, kept prompt vectors, and scores close to unpooled."""
 import numpy as np
+from helpers import normalized
 import pytest
 import torch
 from colpali_milvus.pooling import pool_tokens, pool_pages
 from colpali_milvus.maxsim import maxsim
 
-def _unit(x): return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 def colpali_like_page(rng, n_words=80):
     "1024 'patches' (each a noisy copy of one of `n_words` word vectors or of 8 background directions) + 6 prompt vectors."
-    words, bg = _unit(rng.standard_normal((n_words, 128))), _unit(rng.standard_normal((8, 128)))
+    words, bg = normalized(rng.standard_normal((n_words, 128))), normalized(rng.standard_normal((8, 128)))
     src = np.concatenate([words[rng.integers(0, n_words, 600)], bg[rng.integers(0, 8, 424)]])
-    return _unit(np.concatenate([src + 0.3 * rng.standard_normal(src.shape) / np.sqrt(128), rng.standard_normal((6, 128))])), words
+    return normalized(np.concatenate([src + 0.3 * rng.standard_normal(src.shape) / np.sqrt(128), rng.standard_normal((6, 128))])), words
 
 @pytest.mark.parametrize("factor,expected", [(2, 512 + 6), (3, 341 + 6)])
 def test_colpali_page_sizes(factor, expected):
@@ -25,7 +25,7 @@ def test_scores_close_to_unpooled():
     "A query made of words shown on the page scores nearly the same on the pooled page (within 5%)."
     rng = np.random.default_rng(2)
     page, words = colpali_like_page(rng)
-    q = _unit(words[:20] + 0.5 * rng.standard_normal((20, 128)) / np.sqrt(128))
+    q = normalized(words[:20] + 0.5 * rng.standard_normal((20, 128)) / np.sqrt(128))
     full = maxsim(q, [page])[0]
     for f in (2, 3):
         pooled = maxsim(q, [pool_tokens(page, f, keep_last=6)])[0]

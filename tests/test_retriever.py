@@ -1,6 +1,7 @@
 """MilvusColbertRetriever on Milvus Lite: the seed notebook's calls verbatim, exact MaxSim, persistence, bad input."""
 import subprocess, sys, textwrap
 import numpy as np
+from helpers import unit
 import pytest
 from pymilvus import MilvusClient
 from colpali_milvus.core import CollectionNotFoundError, DatabaseLockedError, DimensionMismatchError
@@ -9,9 +10,6 @@ from colpali_milvus.retriever import MilvusColbertRetriever
 from colpali_milvus.store import close_client, open_client
 
 
-def unit(rng, n, d=128):
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 @pytest.fixture
@@ -250,9 +248,10 @@ def test_small_collections_rank_the_same_in_bfloat16_and_float32(tmp_path):
     r32 = MilvusColbertRetriever(client, "c", cand_dtype="float32")
     small = r16.small()
     assert small.matrix.dtype == np.uint16   # screened from bfloat16 bits
-    from colpali_milvus.maxsim import maxsim_exact, screen
-    done, _ = screen(qs[1], small.matrix, small.offsets, small.norm, lambda j: maxsim_exact(qs[1], [small.pages[j]])[0], 5)
-    assert len(done) < len(ds)   # the screen skips pages
+    from colpali_milvus.maxsim import rerank
+    stats = {}
+    rerank(qs[1], small.pages, 5, 'bfloat16', small.matrix, small.norm, stats)
+    assert stats['pages'] < len(ds) and stats['pairs'] < sum(map(len, small.pages)) * len(qs[1])   # few are scored in float32
     stored = {pid: v.astype(np.float64) for pid, v in r16.page_vectors(r16.page_rows(range(len(ds)))).items()}   # float16-rounded
     for q in qs:
         exact = {pid: (q.astype(np.float64) @ v.T).max(1).sum() for pid, v in stored.items()}
@@ -266,3 +265,20 @@ def test_small_collections_rank_the_same_in_bfloat16_and_float32(tmp_path):
                 assert max([exact[i] for i in exact if i not in ids], default=-np.inf) <= scores[-1] + 1e-5
             assert [row["page_id"] for _, row in r16.search_pages(q, 5)][:1] == [row["page_id"] for _, row in r32.search_pages(q, 5)][:1]
     close_client(client, str(tmp_path / "m.db"))
+
+
+def test_a_small_collection_past_n_candidates_reranks_the_same_candidates_as_the_candidate_stage(tmp_path):
+    "On Lite, a small collection with more pages than n_candidates keeps the same pages, with the same scores, as the candidate stage."
+    rng = np.random.default_rng(11)
+    ds = [unit(rng, int(n)) for n in rng.integers(40, 90, 60)]
+    client = open_client(str(tmp_path / "m.db"))
+    small = MilvusColbertRetriever(client, "c", n_candidates=12)
+    small.create_collection()
+    small.add_pages(list(range(len(ds))), ds)
+    staged = MilvusColbertRetriever(client, "c", n_candidates=12, exhaustive_rows=0)
+    assert small.small() is not None and small.small().centroids is not None and staged.small() is None
+    for q in [ds[7][:10] + 0.1 * unit(rng, 10), unit(rng, 16), ds[41][:5]]:
+        a, b = small.search_pages(q, 5), staged.search_pages(q, 5)
+        assert [r["page_id"] for _, r in a] == [r["page_id"] for _, r in b]
+        np.testing.assert_allclose([s for s, _ in a], [s for s, _ in b], rtol=1e-6)
+    assert small.search_pages(ds[41][:5], 1)[0][1]["page_id"] == 41
