@@ -442,3 +442,49 @@ def show(self:ColPaliIndex, results, **kwargs):
     from colpali_milvus.widgets import show_results
     if results and isinstance(results[0], DocumentResult): results = [p for d in results for p in d.pages[:1]]
     return show_results(results, **kwargs)
+
+# %% ../nbs/07_index.ipynb #d494cab9
+@patch
+def _vlm(self:ColPaliIndex, vlm, kwargs:dict):
+    "The VLM for `vlm` (loaded once per spec and options, then reused)."
+    from colpali_milvus.ask import load_vlm
+    if hasattr(vlm, 'prepare') and hasattr(vlm, 'stream'): return vlm
+    cache = self.__dict__.setdefault('_vlms', {})
+    key = (str(vlm), tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+    if key not in cache:
+        kw = {'device': self.device, 'dtype': self.dtype, **kwargs}
+        cache.clear(); cache[key] = load_vlm(vlm, **kw)   # one VLM at a time: they are large
+    return cache[key]
+
+@patch
+def ask_stream(self:ColPaliIndex, question:str, # the question, in plain words
+               k:int=3, # pages retrieved and given to the VLM
+               vlm=None, # hub id, local folder, endpoint URL, 'tiny-vlm', or a ready VLM; None: SmolVLM-256M-Instruct
+               sources=None, # only pages of these files or folders
+               where:dict|None=None, # only pages whose metadata match
+               max_pixels:int|None=None, # cap on each page image's pixels (None: the VLM's)
+               max_pages:int=8, # the most pages a VLM may be given: a larger k is refused
+               **vlm_kwargs # for `load_vlm`: model and api_key_env (endpoint), device, dtype, max_new_tokens
+              ):
+    "Retrieve the `k` best pages and stream a VLM's answer from them: iterate for the text, then `.answer`."
+    import time
+    from colpali_milvus.ask import check_question, ask_pages
+    t0 = time.perf_counter()
+    question = check_question(question)
+    self._check_search(k)
+    if k > max_pages:
+        raise ValueError(f"k={k} pages is more than a VLM is given (max_pages={max_pages}): their images would not fit "
+                         "a small model's context. Ask with a smaller k (-k), or raise max_pages if the VLM reads that many.")
+    v = self._vlm(vlm, vlm_kwargs)
+    pages = self.search(question, k=k, sources=sources, where=where)
+    return ask_pages(question, pages, v, max_pages=k, max_pixels=max_pixels,
+                     timings={'retrieve': time.perf_counter() - t0}, t0=t0)
+
+@patch
+def ask(self:ColPaliIndex, question:str, # the question, in plain words
+        k:int=3, # pages retrieved and given to the VLM
+        vlm=None, # hub id, local folder, endpoint URL, 'tiny-vlm', or a ready VLM; None: SmolVLM-256M-Instruct
+        **kwargs # sources, where, max_pixels, max_pages, and options for `load_vlm`
+       ):
+    "The VLM's `Answer` to `question` from the `k` best pages, with the pages it cites and timings."
+    return self.ask_stream(question, k=k, vlm=vlm, **kwargs).answer

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_simmap.ipynb #9df03d5e
 from __future__ import annotations
-import html, inspect, io, math, threading
+import html, inspect, io, math, threading, time
 from dataclasses import dataclass
 import numpy as np
 import ipywidgets as widgets
@@ -16,7 +16,7 @@ from .index import ColPaliIndex
 
 # %% auto #0
 __all__ = ['ALL_TOKENS', 'CMAP', 'SimilarityMapError', 'patch_grid', 'image_token_mask', 'query_tokens', 'PageMaps', 'page_maps',
-           'blend_heatmap', 'png_bytes', 'token_options', 'Explorer']
+           'blend_heatmap', 'png_bytes', 'token_options', 'Explorer', 'answer_html']
 
 # %% ../nbs/09_simmap.ipynb #24705358
 class SimilarityMapError(ColPaliMilvusError, ValueError):
@@ -221,7 +221,9 @@ class Explorer:
                  thumb_side:int=160, # longest side of a thumbnail, in pixels
                  large_side:int=640, # longest side of the large view, in pixels
                  search_box:bool=True, # show the search box
-                 background:bool=True # run searches from the box in a background thread
+                 background:bool=True, # run searches from the box in a background thread
+                 vlm=None, # a VLM for the Ask box (model, endpoint URL, 'tiny-vlm' or a ready VLM); None: no Ask box
+                 ask_k:int=3 # pages the VLM is given: the best `ask_k` results
                 ):
         for n, v in dict(k=k, ncols=ncols, thumb_side=thumb_side, large_side=large_side).items(): _check_side(n, v)
         self.index, self.k, self.ncols, self.thumb_side, self.large_side = index, k, ncols, thumb_side, large_side
@@ -252,7 +254,9 @@ class Explorer:
             padding='6px', border=_BORDER, max_width=f'{large_side+16}px', flex='0 1 auto', align_self='flex-start',
             display='none'))
         self.empty = widgets.HTML('<i>Type a query to search the index.</i>')
-        body = widgets.Box([self.grid, self.large], layout=widgets.Layout(
+        self._build_ask(vlm, ask_k)
+        left = widgets.VBox([self.grid, self.ask_panel], layout=widgets.Layout(align_self='flex-start'))
+        body = widgets.Box([left, self.large], layout=widgets.Layout(
             display='flex', flex_flow='row wrap', align_items='flex-start', width='100%'))
         self.widget = widgets.VBox([top, self.empty, body])
         if query is not None: self.search(query, background=False)
@@ -390,6 +394,104 @@ def _render(self:Explorer):
     heat = self.maps.token_map(self.token.value)
     self.image.value = png_bytes(blend_heatmap(load_image(r.image_path), heat, self.alpha.value, self.large_side))
     self.legend.value = _legend_html(self.maps, self.token.value)
+
+# %% ../nbs/09_simmap.ipynb #b6f2fa2d
+@patch
+def _build_ask(self:Explorer, vlm, ask_k:int):
+    "The Ask box: a question, the Ask button, the answer as it streams, and one citation button per page given."
+    _check_side('ask_k', ask_k)
+    self.vlm, self.ask_k, self.answer, self.ask_error, self._ask_thread = vlm, ask_k, None, None, None
+    width = max(340, min(self.ncols, self.k)*(self.thumb_side+32))   # as wide as the gallery
+    self.question = widgets.Text(placeholder='Ask a question about the pages', continuous_update=False,
+                                 layout=widgets.Layout(width=f'{width-96}px'))
+    self.ask_button = widgets.Button(description='Ask', icon='comment', layout=widgets.Layout(width='auto'))
+    self.ask_status, self.answer_html = widgets.HTML(), widgets.HTML(layout=widgets.Layout(width='100%'))
+    self.cites = widgets.HBox([], layout=widgets.Layout(flex_flow='row wrap'))
+    self.ask_button.on_click(lambda _: self.ask(self.question.value) if self.question.value.strip() else None)
+    self._ask_cls = f'cm-ask-{id(self)}'   # lets a [n] marker in the answer find its page's button
+    self.ask_panel = widgets.VBox([widgets.HBox([self.question, self.ask_button], layout=widgets.Layout(width='100%')),
+                                   self.ask_status, self.answer_html, self.cites], layout=widgets.Layout(
+        padding='6px', border=_BORDER, margin='0 16px 8px 0', width=f'{width}px', overflow='hidden',
+        display='none' if vlm is None else 'flex'))
+    self.ask_panel.add_class(self._ask_cls)
+
+# %% ../nbs/09_simmap.ipynb #9dc3a824
+def answer_html(text:str, # the answer so far
+                n_pages:int, # pages the VLM was given
+                panel_class:str='' # CSS class of the Ask box: its [n] markers click the box's citation buttons
+               )->str:
+    "The answer as HTML, its `[n]` markers as links that select page n."
+    from colpali_milvus.ask import citation_spans
+    out, at = [], 0
+    for a, b, ns in citation_spans(text, n_pages):
+        js = (f"event.preventDefault();var b=this.closest('.{panel_class}');b=b&&b.querySelector('.cm-cite-{ns[0]}');"
+              "if(b)b.click();return false;") if panel_class else ''
+        out += [html.escape(text[at:a]), f'<a href="#" class="cm-cite-link" data-page="{ns[0]}" onclick="{html.escape(js)}" '
+                f'style="color:#1976d2;font-weight:600;text-decoration:none">{html.escape(text[a:b])}</a>']
+        at = b
+    out.append(html.escape(text[at:]))
+    return f'<div style="white-space:pre-wrap;font-size:13px;line-height:1.4">{"".join(out)}</div>'
+
+# %% ../nbs/09_simmap.ipynb #dc1ca111
+@patch
+def ask(self:Explorer, question:str, # the question, in plain words
+        background:bool|None=None # run in a background thread (None: as the explorer was made)
+       )->Explorer:
+    "Search for `question`, then stream the VLM's answer from the best `ask_k` pages into the Ask box."
+    from colpali_milvus.ask import check_question
+    question = check_question(question)
+    if self.vlm is None: raise ValueError("This explorer has no VLM: make it with vlm=... (a model, an endpoint URL or 'tiny-vlm').")
+    if self.question.value != question: self.question.value = question
+    if self.background if background is None else background:
+        self._ask_thread = threading.Thread(target=self._ask, args=(question, False), daemon=True)
+        self._ask_thread.start()
+    else: self._ask(question, True)
+    return self
+
+@patch
+def _ask_note(self:Explorer, text:str, colour:str='#555'):
+    self.ask_status.value = f'<span style="font-size:12px;color:{colour}">{html.escape(text)}</span>'
+
+@patch
+def _cite_buttons(self:Explorer, pages:list, cited:list=()):
+    "One button per page given, `[n] p. N`; cited pages highlighted; a click selects the page."
+    bs = []
+    for n, p in enumerate(pages, 1):
+        b = widgets.Button(description=f'[{n}] p. {p.page}', tooltip=f'{p.source} (page {p.page})',
+                           button_style='info' if n in cited else '', layout=widgets.Layout(width='auto'))
+        b.add_class(f'cm-cite-{n}'); b.on_click(lambda _b, i=n-1: self.select(i)); bs.append(b)
+    self.cites.children = bs
+
+# %% ../nbs/09_simmap.ipynb #48c943e2
+@patch
+def _ask(self:Explorer, question:str, reraise:bool):
+    from colpali_milvus.ask import ask_pages, load_vlm
+    try:
+        self.ask_button.disabled, self.answer, self.ask_error = True, None, None
+        self.answer_html.value, self.cites.children = '', []
+        if question != self.query or not self.results:
+            self._ask_note('searching…')
+            self.search(question, background=False)   # the gallery (and the search box) show the pages given
+        if not hasattr(self.vlm, 'stream'):
+            self._ask_note('loading the VLM…')
+            self.vlm = load_vlm(self.vlm, device=self.index.device, dtype=self.index.dtype)
+        pages = self.results[:self.ask_k]
+        self._ask_note(f'reading {len(pages)} pages…')
+        st = ask_pages(question, pages, self.vlm)
+        self._cite_buttons(pages)
+        shown = 0.
+        for _ in st:
+            if time.monotonic() - shown > 0.1: self.answer_html.value = answer_html(st.text, len(pages), self._ask_cls); shown = time.monotonic()
+        self.answer = a = st.answer
+        self.answer_html.value = answer_html(a.text, len(pages), self._ask_cls)
+        self._cite_buttons(pages, a.cited)
+        self._ask_note(f"{a.model} · first token {a.timings['first_token']:.1f} s · {a.timings['total']:.1f} s"
+                       + (' · TINY RANDOM VLM: this answer is meaningless' if a.is_tiny else ''), '#b00020' if a.is_tiny else '#555')
+    except Exception as e:
+        self.ask_error = e
+        self._ask_note(f'⚠ {type(e).__name__}: {e}', '#b00020')
+        if reraise: raise
+    finally: self.ask_button.disabled = False
 
 # %% ../nbs/09_simmap.ipynb #02a5d804
 @patch
