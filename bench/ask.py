@@ -13,7 +13,18 @@ and spaces (one character each, streamed token by token), in process and served,
 table and writes <out>/ask.json.
 """
 from __future__ import annotations
-import argparse, json, os, platform, socket, statistics, subprocess, sys, time, urllib.request, warnings
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
 from pathlib import Path
 
 Q = "What does the ColBERT performance table compare?"
@@ -61,13 +72,14 @@ def main():
     a = p.parse_args()
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     import torch
+
+    from colpali_milvus.ask import EndpointVLM, LocalVLM, build_tiny_vlm
     from colpali_milvus.core import data_path
     from colpali_milvus.index import ColPaliIndex
-    from colpali_milvus.ask import build_tiny_vlm, LocalVLM, EndpointVLM
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter('ignore')
     model = build_tiny_vlm('smolvlm', out/f'ask-smolvlm-256m-{a.layers}l', size='small', layers=a.layers)
-    from transformers import GenerationConfig   # every answer max_new_tokens long, in process and served alike
+    from transformers import GenerationConfig  # every answer max_new_tokens long, in process and served alike
     gc = GenerationConfig.from_pretrained(model); gc.min_new_tokens = a.max_new_tokens; gc.save_pretrained(model)
     idx = ColPaliIndex(str(out/'ask.db'), collection='ask', model='tiny', pages_dir=str(out/'ask_pages'))
     idx.add(data_path('sample.pdf'), progress=False)

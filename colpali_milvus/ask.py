@@ -4,12 +4,27 @@
 
 # %% ../nbs/12_ask.ipynb #0d1dd2a6
 from __future__ import annotations
-import base64, io, json, os, re, shutil, threading, time, warnings
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import *
+from typing import TYPE_CHECKING, Iterator
+
 from fastcore.basics import patch
-from .tiny import TINY_MARKER, is_tiny_random, cache_dir
+
+from .core import ColPaliMilvusError, ModelUnavailableError, positive_int
+from .tiny import TINY_MARKER, cache_dir, is_tiny_random
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # %% auto #0
 __all__ = ['PROMPT', 'MAX_PIXELS', 'MAX_PAGES', 'QWEN2_VL_TEMPLATE', 'SMOLVLM_TEMPLATE', 'TINY_VLM_FAMILIES', 'TINY_VLM_VERSION',
@@ -196,8 +211,9 @@ class LocalVLM:
                 ):
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
         from colpali_milvus.encode import pick_device, pick_dtype
-        self.model_name, self.max_new_tokens, self.max_pixels = str(model), _positive('max_new_tokens', max_new_tokens), max_pixels
+        self.model_name, self.max_new_tokens, self.max_pixels = str(model), positive_int(max_new_tokens, 'max_new_tokens'), max_pixels
         self.path = resolve_vlm(str(model), timeout)
         local = Path(self.path).is_dir()
         try: cfg = AutoConfig.from_pretrained(self.path, local_files_only=local)
@@ -225,10 +241,6 @@ class LocalVLM:
                                       "use an instruction-tuned (chat) checkpoint of the model.")
     def __repr__(self): return (f"LocalVLM({self.model_name!r}, device={self.device!r}, dtype={self.dtype}"
                                 f"{', TINY RANDOM' if self.is_tiny else ''})")
-
-def _positive(name, v)->int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be a positive int, not {v!r}.")
-    return v
 
 # %% ../nbs/12_ask.ipynb #0a18f4fc
 def _image_token_ids(proc)->set:
@@ -303,8 +315,14 @@ def _bytes_tokenizer(cls, special:list, **kwargs):
 # %% ../nbs/12_ask.ipynb #9c2bb929
 def _tiny_qwen2_vl(small:bool, layers:int):
     "(model, processor) of a random Qwen2-VL: tiny, or Qwen2-VL-2B's widths with `layers` layers."
-    from transformers import (Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen2VLProcessor, Qwen2VLConfig,
-                              Qwen2VLForConditionalGeneration)
+    from transformers import (
+        Qwen2Tokenizer,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
     special = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>', '<|video_pad|>']
     tok = _bytes_tokenizer(Qwen2Tokenizer, special, eos_token='<|im_end|>', pad_token='<|endoftext|>')
     ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=(1280 if small else 64)*28*28, patch_size=14, merge_size=2)
@@ -323,7 +341,13 @@ def _tiny_qwen2_vl(small:bool, layers:int):
 # %% ../nbs/12_ask.ipynb #3b63fa9d
 def _tiny_smolvlm(small:bool, layers:int):
     "(model, processor) of a random SmolVLM (Idefics3): tiny, or SmolVLM-256M's widths with `layers` layers."
-    from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ImageProcessor, Idefics3Processor, Idefics3ForConditionalGeneration
+    from transformers import (
+        GPT2Tokenizer,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
     special = (['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<end_of_utterance>', '<fake_token_around_image>', '<image>',
                 '<global-img>'] + [f'<row_{i}_col_{j}>' for i in range(1, 7) for j in range(1, 7)])
     tok = _bytes_tokenizer(GPT2Tokenizer, special, bos_token='<|im_start|>', eos_token='<end_of_utterance>',
@@ -371,7 +395,7 @@ def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not is_tiny_random(path):
         raise FileExistsError(f"{path}: folder exists and is not a tiny colpali-milvus model; refusing to overwrite it.")
-    cls, cfg, proc = TINY_VLM_FAMILIES[family](size == 'small', _positive('layers', layers))
+    cls, cfg, proc = TINY_VLM_FAMILIES[family](size == 'small', positive_int(layers, 'layers'))
     setattr(cfg, TINY_MARKER, True); setattr(cfg, 'colpali_milvus_tiny_vlm_version', TINY_VLM_VERSION)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -430,7 +454,7 @@ class EndpointVLM:
                 ):
         import openai
         if not re.match(r'https?://', str(url)): raise ValueError(f"url must start with http:// or https://, not {url!r}.")
-        self.url, self.max_new_tokens, self.max_pixels = str(url).rstrip('/'), _positive('max_new_tokens', max_new_tokens), max_pixels
+        self.url, self.max_new_tokens, self.max_pixels = str(url).rstrip('/'), positive_int(max_new_tokens, 'max_new_tokens'), max_pixels
         self.api_key_env, self.is_tiny, self.context = api_key_env, False, None
         self.client = openai.OpenAI(base_url=self.url, api_key=os.environ.get(api_key_env) or 'no-key', timeout=timeout, max_retries=0)
         self.model = model or self._only_model()
@@ -476,13 +500,15 @@ def _only_model(self:EndpointVLM)->str:
 
 # %% ../nbs/12_ask.ipynb #8d67adfb
 @patch
-def prepare(self:EndpointVLM, messages:list # chat messages as `build_messages` makes them
+def prepare(self:EndpointVLM,  # noqa: F811 (LocalVLM has its own)
+            messages:list # chat messages as `build_messages` makes them
            )->tuple:
     "(request messages, prompt tokens, image tokens): the endpoint counts tokens itself, so both are None."
     return openai_messages(messages), None, None
 
 @patch
-def stream(self:EndpointVLM, inputs # request messages, as `prepare` returns them
+def stream(self:EndpointVLM,  # noqa: F811 (LocalVLM has its own)
+           inputs # request messages, as `prepare` returns them
           )->'Iterator[str]':
     "Stream the endpoint's answer to prepared `inputs`, yielding text as it arrives."
     import openai
@@ -558,7 +584,7 @@ def ask_pages(question:str, # the question
              )->AnswerStream:
     "Stream the VLM's answer to `question` from the images of `pages`."
     t0 = time.perf_counter() if t0 is None else t0
-    question, pages = check_question(question), list(pages)[:_positive('max_pages', max_pages)]
+    question, pages = check_question(question), list(pages)[:positive_int(max_pages, 'max_pages')]
     if not pages: raise ValueError("There are no pages to answer from: the index (or the filter) returned none. Add documents first.")
     t = time.perf_counter()
     images = page_images(pages, vlm.max_pixels if max_pixels is None else max_pixels)

@@ -4,31 +4,40 @@
 
 # %% ../nbs/08_cli.ipynb #c8dc0484
 from __future__ import annotations
-import argparse, json, os, sys, time, warnings
-from .core import *
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+from .core import ColPaliMilvusError, ModelUnavailableError, data_path
 
 # %% auto #0
 __all__ = ['DEMO_QUERIES', 'DEMO_QUESTION', 'format_results', 'format_documents', 'results_json', 'format_citations',
-           'demo_model', 'run_demo', 'demo_vlm', 'demo_ask', 'parse_where', 'main']
+           'demo_model', 'run_demo', 'demo_vlm', 'demo_ask', 'parse_where', 'search_queries', 'main']
 
 # %% ../nbs/08_cli.ipynb #48806448
+def _ranked_table(query:str, results:list, where:str, width:str, place, empty:str)->str:
+    "The table both formats print: rank, score, where in the file (`place(r)`, column `where`), source."
+    lines = [f'Query: {query}', f"{'rank':>4}  {'score':>9}  {where:{width}}  source"]
+    lines += [f"{r.rank:>4}  {r.score:>9.4f}  {place(r):{width}}  {r.source}" for r in results]
+    if not results: lines.append(f'  ({empty})')
+    return '\n'.join(lines)
+
 def format_results(query:str, # the query text
                    results:list # `SearchResult`s, best first
                   )->str:
     "A readable table of ranked pages."
-    lines = [f'Query: {query}', f"{'rank':>4}  {'score':>9}  {'page':>4}  source"]
-    lines += [f"{r.rank:>4}  {r.score:>9.4f}  {r.page:>4}  {r.source}" for r in results]
-    if not results: lines.append('  (no pages indexed)')
-    return '\n'.join(lines)
+    return _ranked_table(query, results, 'page', '>4', lambda r: r.page, 'no pages indexed')
 
 def format_documents(query:str, # the query text
                      results:list # `DocumentResult`s, best first
                     )->str:
     "A readable table of ranked documents, with their best pages."
-    lines = [f'Query: {query}', f"{'rank':>4}  {'score':>9}  {'pages':<12}  source"]
-    lines += [f"{r.rank:>4}  {r.score:>9.4f}  {','.join(str(p.page) for p in r.pages[:4]):<12}  {r.source}" for r in results]
-    if not results: lines.append('  (no documents match)')
-    return '\n'.join(lines)
+    return _ranked_table(query, results, 'pages', '<12', lambda r: ','.join(str(p.page) for p in r.pages[:4]),
+                         'no documents match')
 
 def results_json(query:str, results:list)->dict:
     "Results as a JSON-serialisable dict."
@@ -127,7 +136,10 @@ def _parser()->argparse.ArgumentParser:
     s.add_argument('--metadata', default=None, help='JSON object stored with every page added, e.g. \'{"year": 2024}\'')
     s.add_argument('--no-progress', action='store_true', help='no progress bar')
     s = sub.add_parser('search', help='rank indexed pages for a query'); common(s)
-    s.add_argument('query', nargs='+'); s.add_argument('-k', type=int, default=5)
+    s.add_argument('query', nargs='*', help='the query (its words are joined into one query)')
+    s.add_argument('-q', '--query', dest='more', action='append', default=[], help='one more query (repeatable)')
+    s.add_argument('--queries-file', default=None, help='a text file of queries, one per line')
+    s.add_argument('-k', type=int, default=5)
     s.add_argument('--json', action='store_true', help='print JSON instead of a table')
     s.add_argument('--source', action='append', default=None, help='only pages of this file or folder (repeatable)')
     s.add_argument('--where', action='append', default=None, metavar='KEY=VALUE',
@@ -163,6 +175,19 @@ def parse_where(items:list|None # KEY=VALUE strings
         try: out[key] = json.loads(val)
         except ValueError: out[key] = val
     return out
+
+# %% ../nbs/08_cli.ipynb #cli0q002
+def search_queries(words:list, # the positional words: one query, joined by spaces (may be empty)
+                   more:list, # queries given with `-q/--query`, each whole
+                   path:str|None=None # a text file of queries, one per line (blank lines skipped)
+                  )->list[str]:
+    "The queries of a `search` command, in order: the words as one query, then each `-q`, then the file's lines."
+    queries = ([' '.join(words)] if words else []) + list(more)
+    if path is not None:
+        try: queries += [line.strip() for line in open(path, encoding='utf-8') if line.strip()]
+        except OSError as e: raise ValueError(f"cannot read the queries file {path!r} ({e.strerror}).") from None
+    if not queries: raise ValueError("give a query: `search WORDS`, `-q QUERY` (repeatable) or `--queries-file FILE`.")
+    return queries
 
 # %% ../nbs/08_cli.ipynb #893249e5
 def _index_cmd(idx, a)->int:
@@ -211,15 +236,16 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
             if a.cmd == 'index': rc = _index_cmd(idx, a)
             elif a.cmd == 'ask': rc = _ask_cmd(idx, a)
             elif a.cmd == 'search':
-                res = idx.search(a.query, k=a.k, sources=a.source, where=parse_where(a.where), documents=a.documents)
+                queries = search_queries(a.query, a.more, a.queries_file)
+                res = idx.search(queries, k=a.k, sources=a.source, where=parse_where(a.where), documents=a.documents)
                 fmt = format_documents if a.documents else format_results
-                if a.json: print(json.dumps([results_json(q, r) for q, r in zip(a.query, res)], indent=1))
-                else: print('\n\n'.join(fmt(q, r) for q, r in zip(a.query, res)))
+                if a.json: print(json.dumps([results_json(q, r) for q, r in zip(queries, res)], indent=1, ensure_ascii=False))
+                else: print('\n\n'.join(fmt(q, r) for q, r in zip(queries, res)))
             elif a.cmd == 'remove':
                 n = idx.remove(a.paths)
                 print(f"Removed {n} pages; {len(idx)} pages left in {a.db}:{a.collection}.")
             elif a.cmd == 'info':
-                print(json.dumps({**idx.info(), 'sources': idx.sources()}, indent=1))
+                print(json.dumps({**idx.info(), 'sources': idx.sources()}, indent=1, ensure_ascii=False))
         finally: idx.close()
         return rc
     except (ColPaliMilvusError, ValueError, TypeError) as e:  # bad input: a message, not a traceback

@@ -4,15 +4,45 @@
 
 # %% ../nbs/07_index.ipynb #3dcf100a
 from __future__ import annotations
-import hashlib, json, os, re, warnings
+
+import hashlib
+import json
+import os
+import re
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
 from fastcore.basics import patch
-from .core import *
-from .store import (open_client, close_client, is_local_uri, lite_servers, CENTROIDS_SUFFIX, META_FIELDS,
-                                  sources_expr, metadata_expr)
-from .retriever import MilvusColbertRetriever
-from .rasterize import iter_inputs, probe, render_pages
+
+from colpali_milvus.core import (
+    AddReport,
+    CollectionNotFoundError,
+    DimensionMismatchError,
+    DocumentResult,
+    ModelMismatchError,
+    PageRecord,
+    PDFError,
+    SearchResult,
+    SourceNotFoundError,
+    positive_int,
+)
 from .encode import DEFAULT_MODEL
+from .rasterize import iter_inputs, probe, render_pages
+from .retriever import MilvusColbertRetriever
+from colpali_milvus.store import (
+    CENTROIDS_SUFFIX,
+    META_FIELDS,
+    close_client,
+    is_local_uri,
+    lite_servers,
+    metadata_expr,
+    open_client,
+    sources_expr,
+)
+
+if TYPE_CHECKING:
+    from colpali_milvus.simmap import Explorer
 
 # %% auto #0
 __all__ = ['MAX_NAME', 'page_id_for', 'check_collection_name', 'ColPaliIndex']
@@ -41,8 +71,7 @@ def _check_pool_factor(collection:str, # collection name (for messages)
                        props:dict # the collection's properties ({} when it does not exist yet)
                       )->int:
     "The token pool factor to use: the one the collection was built with, or `wanted` for a new collection."
-    if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1):
-        raise ValueError(f"token_pool_factor must be a positive integer (1: no pooling, 2 or 3: fewer vectors), not {wanted!r}.")
+    if wanted is not None: positive_int(wanted, 'token_pool_factor', '1: no pooling, 2 or 3: fewer vectors')
     built = int(props.get('colpali_milvus.token_pool_factor') or 1) if props else None
     if built is not None and wanted is not None and wanted != built:
         raise ModelMismatchError(f"Collection {collection!r} stores pages pooled with token_pool_factor={built}, not "
@@ -127,6 +156,7 @@ def encoder(self:ColPaliIndex):
         self._encoder = enc
     return self._encoder
 
+# %% ../nbs/07_index.ipynb #5e5001bd
 @patch
 def _ensure_collection(self:ColPaliIndex):
     if self.retriever.exists(): return
@@ -205,6 +235,7 @@ def _relabel(self:ColPaliIndex, rows:list, metadata:dict):
                                  [{**{k: r[k] for k in ('source', 'page', 'image_path', 'sha256')}, 'metadata': metadata}
                                   for r in part])
 
+# %% ../nbs/07_index.ipynb #3c4b2507
 @patch
 def _pooled(self:ColPaliIndex, vecs:list, part:list)->list:
     "Pages' vectors pooled by `token_pool_factor` (unchanged when it is 1); vectors after the last image patch are kept."
@@ -216,6 +247,7 @@ def _pooled(self:ColPaliIndex, vecs:list, part:list)->list:
         out.append(pool_tokens(v, self.token_pool_factor, keep_last=max(tail, 0)))
     return out
 
+# %% ../nbs/07_index.ipynb #644e486f
 @patch
 def _add_file(self:ColPaliIndex, src, todo:list, metadata, password, chunk:int, bar)->list[PageRecord]:
     "Render, encode and commit pages `todo` of `src`, `chunk` pages at a time."
@@ -228,6 +260,7 @@ def _add_file(self:ColPaliIndex, src, todo:list, metadata, password, chunk:int, 
         done += part; bar.update(len(part))
     return done
 
+# %% ../nbs/07_index.ipynb #1834562e
 @patch
 def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of them
         on_error:str='raise', # 'raise' stops at the first bad file; 'skip' warns, indexes the rest and reports it
@@ -298,6 +331,7 @@ def _resolve_sources(self:ColPaliIndex, sources, table:dict)->dict:
         picked |= hit
     return {pid: r for pid, r in table.items() if r['source'] in picked}
 
+# %% ../nbs/07_index.ipynb #1f68aca9
 @patch
 def _drop_images(self:ColPaliIndex, paths:set, # page images that pages no longer use...
                  used:set # ...unless a stored page still does
@@ -312,6 +346,7 @@ def _drop_images(self:ColPaliIndex, paths:set, # page images that pages no longe
             try: folder.rmdir()
             except OSError: pass
 
+# %% ../nbs/07_index.ipynb #34692cc1
 @patch
 def remove(self:ColPaliIndex, sources # a file or folder that was indexed, or a list of them
           )->int:
@@ -335,6 +370,7 @@ def _where_ok(meta:dict, where:dict)->bool:
         if not ok: return False
     return True
 
+# %% ../nbs/07_index.ipynb #9fc5f758
 @patch
 def _source_filter(self:ColPaliIndex, sources)->str:
     "A Milvus expression for the pages of `sources` (files or folders); `SourceNotFoundError` for one not indexed."
@@ -361,6 +397,7 @@ def _allowed(self:ColPaliIndex, sources, where)->list|None:
     rows = self.retriever.query_pages(' and '.join(f'({p})' for p in parts), ('page_id', 'metadata') if calls else ('page_id',))
     return sorted(int(r['page_id']) for r in rows if not calls or _where_ok(_meta(r), calls))
 
+# %% ../nbs/07_index.ipynb #2a8a892a
 @patch
 def _check_query(self:ColPaliIndex, q):
     "Raise a clear error for a query that is not a string, is empty, or is longer than the model reads."
@@ -375,6 +412,7 @@ def _check_query(self:ColPaliIndex, q):
         raise ValueError(f"The query is too long ({len(q)} characters, {n} tokens); model {self.model!r} reads at most "
                          f"{limit} tokens. Shorten it to a question or a few sentences.")
 
+# %% ../nbs/07_index.ipynb #e2971816
 @patch
 def _hits(self:ColPaliIndex, hits)->list[SearchResult]:
     return [SearchResult(rank=i+1, score=s, page_id=int(r['page_id']), source=r['source'], page=r['page'],
@@ -394,6 +432,7 @@ def _documents(self:ColPaliIndex, qv, k:int, allowed)->list[DocumentResult]:
     return [DocumentResult(rank=i+1, score=ps[0].score, source=src, pages=ps, metadata=ps[0].metadata)
             for i, (src, ps) in enumerate(list(docs.items())[:k])]
 
+# %% ../nbs/07_index.ipynb #f7cf717c
 @patch
 def search(self:ColPaliIndex, query, # a question in plain words, or a list of them
            k:int=5, # pages (or documents) per query
@@ -412,11 +451,12 @@ def search(self:ColPaliIndex, query, # a question in plain words, or a list of t
     out = [self._rank(qv, k, allowed, documents) for qv in self.encoder.encode_queries(queries)]
     return out if many else out[0]
 
+# %% ../nbs/07_index.ipynb #232d252d
 @patch
 def _check_search(self:ColPaliIndex, k):
     "Raise a clear error unless the collection exists and `k` is a positive int."
     self._require_collection()
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, not {k!r}.")
+    positive_int(k, 'k', 'pages or documents per query')
 
 @patch
 def _rank(self:ColPaliIndex, qv, k:int, allowed, documents:bool)->list:
@@ -436,12 +476,22 @@ def search_vectors(self:ColPaliIndex, query_vectors, # one query's vectors (n, d
     self._check_search(k)
     return self._rank(query_vectors, k, self._allowed(sources, where), documents)
 
+# %% ../nbs/07_index.ipynb #c5daf059
 @patch
 def show(self:ColPaliIndex, results, **kwargs):
     "Display `results` as a gallery of page thumbnails (click one to see the page large)."
     from colpali_milvus.widgets import show_results
     if results and isinstance(results[0], DocumentResult): results = [p for d in results for p in d.pages[:1]]
     return show_results(results, **kwargs)
+
+@patch
+def explore(self:ColPaliIndex, query:str|None=None, # search for this at once (None: type it in the search box)
+            k:int=6, # pages per search
+            **kwargs # passed to `Explorer` (ncols, thumb_side, large_side, search_box, background)
+           )->'Explorer':
+    "An `Explorer` on this index: search box, thumbnails, and similarity maps of the selected page."
+    from colpali_milvus.simmap import Explorer
+    return Explorer(self, query, k=k, **kwargs)
 
 # %% ../nbs/07_index.ipynb #d494cab9
 @patch
@@ -456,6 +506,7 @@ def _vlm(self:ColPaliIndex, vlm, kwargs:dict):
         cache.clear(); cache[key] = load_vlm(vlm, **kw)   # one VLM at a time: they are large
     return cache[key]
 
+# %% ../nbs/07_index.ipynb #94275bca
 @patch
 def ask_stream(self:ColPaliIndex, question:str, # the question, in plain words
                k:int=3, # pages retrieved and given to the VLM
@@ -468,7 +519,8 @@ def ask_stream(self:ColPaliIndex, question:str, # the question, in plain words
               ):
     "Retrieve the `k` best pages and stream a VLM's answer from them: iterate for the text, then `.answer`."
     import time
-    from colpali_milvus.ask import check_question, ask_pages
+
+    from colpali_milvus.ask import ask_pages, check_question
     t0 = time.perf_counter()
     question = check_question(question)
     self._check_search(k)

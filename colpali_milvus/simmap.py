@@ -4,19 +4,27 @@
 
 # %% ../nbs/09_simmap.ipynb #9df03d5e
 from __future__ import annotations
-import html, inspect, io, math, threading, time
+
+import html
+import inspect
+import io
+import math
+import threading
+import time
 from dataclasses import dataclass
-import numpy as np
+
 import ipywidgets as widgets
-from PIL import Image
+import numpy as np
 from fastcore.basics import patch
-from .core import ColPaliMilvusError, SearchResult
-from .widgets import result_card, _as_result, _caption_html, _check_side, _note_html, _page_png, _BORDER, _SELECTED
+from PIL import Image
+
+from .core import ColPaliMilvusError, SearchResult, positive_int
 from .index import ColPaliIndex
+from .widgets import BORDER, SELECTED_BORDER, as_result, caption_html, note_html, page_png, result_card
 
 # %% auto #0
-__all__ = ['ALL_TOKENS', 'CMAP', 'SimilarityMapError', 'patch_grid', 'image_token_mask', 'query_tokens', 'PageMaps', 'page_maps',
-           'blend_heatmap', 'png_bytes', 'token_options', 'Explorer', 'answer_html']
+__all__ = ['ALL_TOKENS', 'CMAP', 'SimilarityMapError', 'processor_grid', 'image_token_mask', 'query_tokens', 'PageMaps',
+           'page_maps', 'blend_heatmap', 'png_bytes', 'token_options', 'Explorer', 'answer_html']
 
 # %% ../nbs/09_simmap.ipynb #24705358
 class SimilarityMapError(ColPaliMilvusError, ValueError):
@@ -33,7 +41,7 @@ def _vision_int(model, processor, name:str)->int|None:
         if isinstance(v, int) and not isinstance(v, bool) and v > 0: return v
     return None
 
-def patch_grid(processor, # a colpali-engine processor (ColPaliProcessor, ColQwen2Processor, ColIdefics3Processor, ...)
+def processor_grid(processor, # a colpali-engine processor (ColPaliProcessor, ColQwen2Processor, ColIdefics3Processor, ...)
                image_size:tuple, # (width, height) of the page image, as PIL's `Image.size`
                model=None # the model: its patch size (ColPali, Idefics3) or spatial merge size (ColQwen)
               )->tuple:
@@ -111,6 +119,7 @@ class PageMaps:
         m = self.maps[i]
         return (m - m.min())/(m.max() - m.min() + 1e-10)  # as colpali-engine's normalize_similarity_map
 
+# %% ../nbs/09_simmap.ipynb #db95c3c9
 def _grid_maps(processor, q:np.ndarray, d:np.ndarray, mask:np.ndarray, nx:int, ny:int)->np.ndarray:
     "(n_tokens, n_y, n_x) similarities of query vectors `q` with the image vectors of `d` laid out on the grid."
     own = getattr(processor, 'get_similarity_maps_from_embeddings', None)  # Idefics3: reorders its tiles itself
@@ -142,7 +151,7 @@ def page_maps(processor, # a colpali-engine processor
         mask = np.zeros(len(d), bool); mask[pos] = True
         maps = (q @ d[pos].T).reshape(len(q), ny, nx)
     else:
-        nx, ny = patch_grid(processor, image.size, model)
+        nx, ny = processor_grid(processor, image.size, model)
         if mask.sum() != nx*ny:
             raise SimilarityMapError(f"{int(mask.sum())} image vectors do not fill the {nx} x {ny} patch grid that "
                                      f"{type(processor).__name__}.get_n_patches gives for a {image.size[0]} x {image.size[1]} image.")
@@ -225,7 +234,8 @@ class Explorer:
                  vlm=None, # a VLM for the Ask box (model, endpoint URL, 'tiny-vlm' or a ready VLM); None: no Ask box
                  ask_k:int=3 # pages the VLM is given: the best `ask_k` results
                 ):
-        for n, v in dict(k=k, ncols=ncols, thumb_side=thumb_side, large_side=large_side).items(): _check_side(n, v)
+        for n, v in dict(k=k, ncols=ncols, thumb_side=thumb_side, large_side=large_side).items():
+            positive_int(v, n, 'pixels' if n.endswith('side') else '')
         self.index, self.k, self.ncols, self.thumb_side, self.large_side = index, k, ncols, thumb_side, large_side
         self.background, self.query, self.query_vecs, self.labels = background, None, None, None
         self.results, self.cards, self.selected, self.maps, self.error = [], [], None, None, None
@@ -251,7 +261,7 @@ class Explorer:
         self.alpha.observe(lambda _: self._render(), 'value')
         controls = widgets.HBox([self.token, self.alpha], layout=widgets.Layout(flex_flow='row wrap'))
         self.large = widgets.VBox([self.caption, self.note, controls, self.legend, self.image], layout=widgets.Layout(
-            padding='6px', border=_BORDER, max_width=f'{large_side+16}px', flex='0 1 auto', align_self='flex-start',
+            padding='6px', border=BORDER, max_width=f'{large_side+16}px', flex='0 1 auto', align_self='flex-start',
             display='none'))
         self.empty = widgets.HTML('<i>Type a query to search the index.</i>')
         self._build_ask(vlm, ask_k)
@@ -285,6 +295,7 @@ def search(self:Explorer, query:str, # the query, in plain words
     else: self._search(query, gen, True)
     return self
 
+# %% ../nbs/09_simmap.ipynb #dedfbb1c
 @patch
 def wait(self:Explorer, timeout:float|None=None)->Explorer:
     "Wait for a background search to finish."
@@ -296,6 +307,7 @@ def _step(self:Explorer, i:int, what:str):
     self.progress.value, self.progress.layout.visibility = i, 'visible'
     self.status.value = f'<span style="font-size:12px;color:#555">{html.escape(what)}</span>'
 
+# %% ../nbs/09_simmap.ipynb #65ff791e
 @patch
 def _search(self:Explorer, query:str, gen:int, reraise:bool):
     try:
@@ -325,7 +337,7 @@ def _search(self:Explorer, query:str, gen:int, reraise:bool):
 @patch
 def _show_results(self:Explorer, results):
     "Replace the thumbnails with cards for `results` and select the first."
-    self.results = sorted([_as_result(r, i) for i, r in enumerate(results)], key=lambda r: r.rank)
+    self.results = sorted([as_result(r, i) for i, r in enumerate(results)], key=lambda r: r.rank)
     self.cards = [result_card(r, on_select=self._on_select(i), thumb_side=self.thumb_side)
                   for i, r in enumerate(self.results)]
     self.grid.children = self.cards
@@ -338,6 +350,7 @@ def _show_results(self:Explorer, results):
 @patch
 def _on_select(self:Explorer, i:int): return lambda _r: self.select(i)
 
+# %% ../nbs/09_simmap.ipynb #7bbaa2ee
 @patch
 def select(self:Explorer, i:int # index of the result in rank order (negative counts from the end)
           )->Explorer:
@@ -348,11 +361,11 @@ def select(self:Explorer, i:int # index of the result in rank order (negative co
     r = self.results[i]
     self.selected = i
     for j, c in enumerate(self.cards):
-        c.layout.border = _SELECTED if j == i else _BORDER
+        c.layout.border = SELECTED_BORDER if j == i else BORDER
         c.children[-1].button_style = 'primary' if j == i else ''
-    self.caption.value = _caption_html(r, size=14)
+    self.caption.value = caption_html(r, size=14)
     self.maps, note = self._page_maps(r)
-    self.note.value = _note_html(note)
+    self.note.value = note_html(note)
     keep = self.token.value
     opts = token_options(self.maps) if self.maps else [('all tokens (MaxSim)', ALL_TOKENS)]
     self._hold = True  # one drawing, after both changes
@@ -383,13 +396,14 @@ def _page_maps(self:Explorer, r:SearchResult)->tuple:
     self._maps[r.page_id] = out
     return out
 
+# %% ../nbs/09_simmap.ipynb #e607dac5
 @patch
 def _render(self:Explorer):
     "Draw the selected page large, with the chosen token's map blended at the chosen opacity."
     if self.selected is None or self._hold: return
     r = self.results[self.selected]
     if self.maps is None:
-        self.image.value, _ = _page_png(r, self.large_side); self.legend.value = ''; return
+        self.image.value, _ = page_png(r, self.large_side); self.legend.value = ''; return
     from colpali_milvus.encode import load_image
     heat = self.maps.token_map(self.token.value)
     self.image.value = png_bytes(blend_heatmap(load_image(r.image_path), heat, self.alpha.value, self.large_side))
@@ -399,7 +413,7 @@ def _render(self:Explorer):
 @patch
 def _build_ask(self:Explorer, vlm, ask_k:int):
     "The Ask box: a question, the Ask button, the answer as it streams, and one citation button per page given."
-    _check_side('ask_k', ask_k)
+    positive_int(ask_k, 'ask_k', 'pages given to the VLM')
     self.vlm, self.ask_k, self.answer, self.ask_error, self._ask_thread = vlm, ask_k, None, None, None
     width = max(340, min(self.ncols, self.k)*(self.thumb_side+32))   # as wide as the gallery
     self.question = widgets.Text(placeholder='Ask a question about the pages', continuous_update=False,
@@ -411,7 +425,7 @@ def _build_ask(self:Explorer, vlm, ask_k:int):
     self._ask_cls = f'cm-ask-{id(self)}'   # lets a [n] marker in the answer find its page's button
     self.ask_panel = widgets.VBox([widgets.HBox([self.question, self.ask_button], layout=widgets.Layout(width='100%')),
                                    self.ask_status, self.answer_html, self.cites], layout=widgets.Layout(
-        padding='6px', border=_BORDER, margin='0 16px 8px 0', width=f'{width}px', overflow='hidden',
+        padding='6px', border=BORDER, margin='0 16px 8px 0', width=f'{width}px', overflow='hidden',
         display='none' if vlm is None else 'flex'))
     self.ask_panel.add_class(self._ask_cls)
 
@@ -492,12 +506,3 @@ def _ask(self:Explorer, question:str, reraise:bool):
         self._ask_note(f'⚠ {type(e).__name__}: {e}', '#b00020')
         if reraise: raise
     finally: self.ask_button.disabled = False
-
-# %% ../nbs/09_simmap.ipynb #02a5d804
-@patch
-def explore(self:ColPaliIndex, query:str|None=None, # search for this at once (None: type it in the search box)
-            k:int=6, # pages per search
-            **kwargs # passed to `Explorer` (ncols, thumb_side, large_side, search_box, background)
-           )->Explorer:
-    "An `Explorer` on this index: search box, thumbnails, and similarity maps of the selected page."
-    return Explorer(self, query, k=k, **kwargs)

@@ -4,7 +4,9 @@
 
 # %% ../nbs/03_tiny.ipynb #f83abdb2
 from __future__ import annotations
-import json, os
+
+import json
+import os
 from pathlib import Path
 
 # %% auto #0
@@ -86,8 +88,8 @@ def build_tiny_colpali(path, # folder to create (overwritten if it already holds
                        seed:int=0 # random seed for the weights: same seed, same model
                       )->Path:
     "Build a tiny randomly initialised ColPali + ColPaliProcessor offline and `save_pretrained` both into `path`."
-    from transformers import PaliGemmaConfig, GemmaTokenizer, SiglipImageProcessor
     from colpali_engine.models import ColPali, ColPaliProcessor
+    from transformers import GemmaTokenizer, PaliGemmaConfig, SiglipImageProcessor
     path = _prepare_folder(path)
     img_size, patch = 56, 14
     tok = GemmaTokenizer(vocab=_tiny_vocab(), merges=[])
@@ -136,8 +138,8 @@ _QWEN_SPECIAL = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|
 
 def _build_tiny_colqwen(path, seed:int, v2_5:bool)->Path:
     "A tiny random ColQwen2 (or ColQwen2.5 if `v2_5`) + processor saved into `path`."
-    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
     from colpali_engine import models as M
+    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
     path = _prepare_folder(path)
     tok = _byte_level_tokenizer(Qwen2Tokenizer, _QWEN_SPECIAL)
     ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=32*28*28, patch_size=14, merge_size=2, temporal_patch_size=2)
@@ -182,8 +184,8 @@ def build_tiny_colsmol(path, # folder to create (overwritten if it already holds
                        seed:int=0 # random seed for the weights: same seed, same model
                       )->Path:
     "Build a tiny randomly initialised ColSmol (ColIdefics3) + ColIdefics3Processor offline and `save_pretrained` both into `path`."
-    from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ImageProcessor
     from colpali_engine.models import ColIdefics3, ColIdefics3Processor
+    from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ImageProcessor
     path = _prepare_folder(path)
     tile, patch, shuffle = 56, 7, 2
     tok = _byte_level_tokenizer(GPT2Tokenizer, _SMOL_SPECIAL, bos_token='<|im_start|>', eos_token='<end_of_utterance>',

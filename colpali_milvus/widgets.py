@@ -20,7 +20,8 @@ from .core import PDFError, SearchResult, positive_int
 from .rasterize import to_rgb
 
 # %% auto #0
-__all__ = ['thumbnail_png', 'result_card', 'ResultsGallery', 'show_results']
+__all__ = ['BORDER', 'SELECTED_BORDER', 'thumbnail_png', 'as_result', 'caption_html', 'page_png', 'note_html', 'result_card',
+           'ResultsGallery', 'show_results']
 
 # %% ../nbs/06_widgets.ipynb #3a192b55
 @functools.lru_cache(maxsize=256)
@@ -56,7 +57,7 @@ thumbnail_png.cache_clear = _png_cached.cache_clear
 # %% ../nbs/06_widgets.ipynb #c240d549
 _FIELDS = [f.name for f in fields(SearchResult)]
 
-def _as_result(r, i:int=0)->SearchResult:
+def as_result(r, i:int=0)->SearchResult:
     "`r` as a `SearchResult`; `r` is one, or a dict with its keys (missing rank defaults to `i+1`)."
     if isinstance(r, SearchResult): return r
     if not isinstance(r, dict):
@@ -74,7 +75,7 @@ def _label(r:SearchResult)->str:
     name = r.name or Path(r.image_path).name or f'page {r.page_id}'
     return ' · '.join([f'#{r.rank}', score, name] + ([f'p. {r.page}'] if r.page else []))
 
-def _caption_html(r:SearchResult, size:int=12)->str:
+def caption_html(r:SearchResult, size:int=12)->str:
     tip = html.escape(f'{r.source} (page {r.page}, id {r.page_id})', quote=True)
     return (f'<div title="{tip}" style="font-size:{size}px;line-height:1.3;white-space:normal;overflow-wrap:anywhere">'
             f'{html.escape(_label(r))}</div>')
@@ -89,14 +90,14 @@ def _placeholder_png(side:int)->bytes:
     dr.text((max(2, im.width//2-40), im.height//2-6), 'image missing', fill='#777777')
     buf = io.BytesIO(); im.save(buf, format='PNG'); return buf.getvalue()
 
-def _page_png(r:SearchResult, side:int):
+def page_png(r:SearchResult, side:int):
     "(PNG bytes, note): the page's image fitted to `side`, or a placeholder and why it is shown."
     if not r.image_path: return _placeholder_png(side), 'no page image recorded for this result'
     try: return thumbnail_png(r.image_path, side), ''
     except FileNotFoundError: return _placeholder_png(side), f'page image not found: {r.image_path}'
     except (OSError, PDFError): return _placeholder_png(side), f'page image unreadable: {r.image_path}'
 
-def _note_html(note:str)->str:
+def note_html(note:str)->str:
     return ('<div style="font-size:11px;line-height:1.3;color:#b00020;white-space:normal;overflow-wrap:anywhere">'
             f'⚠ {html.escape(note)}</div>' if note else '')
 
@@ -107,20 +108,20 @@ def result_card(result:SearchResult, # a `SearchResult`, or a dict with its keys
                )->widgets.VBox:
     "A fixed-width card: thumbnail, caption '#rank · score · file · p. N', and a 'View page' button."
     _check_side('thumb_side', thumb_side)
-    r = _as_result(result)
-    png, note = _page_png(r, thumb_side)
+    r = as_result(result)
+    png, note = page_png(r, thumb_side)
     img = widgets.Image(value=png, format='png', layout=widgets.Layout(
         width=f'{thumb_side}px', height=f'{thumb_side}px', object_fit='contain'))
-    cap = widgets.HTML(_caption_html(r), layout=widgets.Layout(width='100%'))
+    cap = widgets.HTML(caption_html(r), layout=widgets.Layout(width='100%'))
     btn = widgets.Button(description='View page', icon='search', disabled=on_select is None,
                          tooltip=f'Show {_label(r)} large', layout=widgets.Layout(width='auto'))
     if on_select is not None: btn.on_click(lambda _: on_select(r))
-    kids = [img, cap] + ([widgets.HTML(_note_html(note), layout=widgets.Layout(width='100%'))] if note else []) + [btn]
+    kids = [img, cap] + ([widgets.HTML(note_html(note), layout=widgets.Layout(width='100%'))] if note else []) + [btn]
     return widgets.VBox(kids, layout=widgets.Layout(
         width=f'{thumb_side+24}px', padding='6px', border='2px solid #e0e0e0', align_items='center'))
 
 # %% ../nbs/06_widgets.ipynb #b525fe28
-_BORDER, _SELECTED = '2px solid #e0e0e0', '2px solid #1976d2'
+BORDER, SELECTED_BORDER = '2px solid #e0e0e0', '2px solid #1976d2'
 
 class ResultsGallery:
     "Grid of result cards in rank order, with a large view of the selected page beside (or below) it."
@@ -131,7 +132,7 @@ class ResultsGallery:
                  title:str|None=None # heading shown above the gallery
                 ):
         for k, v in dict(ncols=ncols, thumb_side=thumb_side, large_side=large_side).items(): _check_side(k, v)
-        rs = [_as_result(r, i) for i, r in enumerate(results)]
+        rs = [as_result(r, i) for i, r in enumerate(results)]
         self.results = sorted(rs, key=lambda r: r.rank) # stable: ties keep their input order
         self.ncols, self.thumb_side, self.large_side, self.title = ncols, thumb_side, large_side, title
         self.selected = None
@@ -151,7 +152,7 @@ class ResultsGallery:
                                                                              object_fit='contain'))
         self.large_caption, self.large_note = widgets.HTML(), widgets.HTML()
         self.large = widgets.VBox([self.large_caption, self.large_note, self.large_image], layout=widgets.Layout(
-            padding='6px', border=_BORDER, max_width='100%', flex='0 1 auto', align_self='flex-start'))
+            padding='6px', border=BORDER, max_width='100%', flex='0 1 auto', align_self='flex-start'))
         body = widgets.Box([self.grid, self.large], layout=widgets.Layout(
             display='flex', flex_flow='row wrap', align_items='flex-start', width='100%'))
         self.widget = widgets.VBox(head + [body])
@@ -166,12 +167,12 @@ class ResultsGallery:
         if not -n <= i < n: raise IndexError(f'result index {i} is out of range: the gallery has {n} results.')
         i %= n
         r = self.results[i]
-        png, note = _page_png(r, self.large_side)
+        png, note = page_png(r, self.large_side)
         self.large_image.value = png
-        self.large_caption.value = _caption_html(r, size=14)
-        self.large_note.value = _note_html(note)
+        self.large_caption.value = caption_html(r, size=14)
+        self.large_note.value = note_html(note)
         for j, (c, b) in enumerate(zip(self.cards, self.buttons)):
-            c.layout.border = _SELECTED if j == i else _BORDER
+            c.layout.border = SELECTED_BORDER if j == i else BORDER
             b.button_style = 'primary' if j == i else ''
         self.selected = i
         return self

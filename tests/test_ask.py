@@ -1,12 +1,25 @@
 """`ColPaliIndex.ask` end to end in process: the sample PDF indexed with the tiny ColPali, answered by tiny random VLMs
 of two families (Qwen2-VL, SmolVLM/Idefics3) loaded through the real `from_pretrained` path; and each bad input's error."""
-import json, shutil, warnings
+import json
+import shutil
+import warnings
 from pathlib import Path
+
 import pytest
+
+from colpali_milvus.ask import (
+    Answer,
+    ContextTooSmallError,
+    LocalVLM,
+    PageImageMissingError,
+    TinyVLMWarning,
+    UnsupportedVLMError,
+    build_messages,
+    build_tiny_vlm,
+    citations,
+)
 from colpali_milvus.core import ModelUnavailableError, SearchResult
 from colpali_milvus.index import ColPaliIndex
-from colpali_milvus.ask import (Answer, ContextTooSmallError, LocalVLM, PageImageMissingError, TinyVLMWarning,
-                                UnsupportedVLMError, build_messages, build_tiny_vlm, citations, load_vlm)
 
 Q = "Where is the ColBERT performance table?"
 FAMILIES = ('qwen2-vl', 'smolvlm')

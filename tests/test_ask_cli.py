@@ -2,9 +2,15 @@
 are tested in process, tests/test_ask.py): the installed console script on the sample PDF indexed with the tiny
 ColPali, answered by a tiny random VLM; the answer streams, the cited (or given) pages follow, `--json` prints the
 answer object, bad input is one line on stderr with exit status 2."""
-import json, os, socket, subprocess, sys
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
+
 import pytest
+
 from colpali_milvus.ask import build_tiny_vlm
 
 CLI = str(Path(sys.executable).parent/'colpali-milvus')

@@ -1,11 +1,18 @@
 """The endpoint path against a real OpenAI-compatible server: `transformers serve` on 127.0.0.1 (a free port) serving
 a tiny random SmolVLM folder; streaming and non-streaming answers, and the clear errors when the server is down or
 does not serve the model asked for."""
-import os, socket, subprocess, sys, time, warnings
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
+
 import pytest
+
+from colpali_milvus.ask import EndpointVLM, LocalVLM, VLMUnavailableError, build_messages, build_tiny_vlm, page_images
 from colpali_milvus.index import ColPaliIndex
-from colpali_milvus.ask import (EndpointVLM, LocalVLM, VLMUnavailableError, build_messages, build_tiny_vlm, page_images)
 
 Q = "Where is the ColBERT performance table?"
 SERVE = Path(sys.executable).parent/'transformers'

@@ -3,8 +3,17 @@ the sample PDF with the tiny ColPali and shows the explorer with an Ask box (tin
 Chromium as a person would: type a query and press Search, click a thumbnail, pick a token, Ask, click a citation.
 Each step checks what the page shows against the kernel-free truth (the same index searched here) and leaves a
 screenshot in test-artifacts/jupyterlab/."""
-import json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request, warnings
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
+
 import pytest
 
 HERE = Path(__file__).parent
@@ -26,7 +35,6 @@ CELL = """import warnings; warnings.simplefilter('ignore')
 from colpali_milvus.core import data_path
 from colpali_milvus.index import ColPaliIndex
 from colpali_milvus.ask import load_vlm
-import colpali_milvus.simmap
 index = ColPaliIndex('lab.db', model={model!r})
 index.add(data_path('sample.pdf'), progress=False)
 ex = index.explore(k={k}, ncols=2, thumb_side=110, large_side=420, vlm=load_vlm({vlm!r}, device='cpu', max_new_tokens=24),
@@ -157,9 +165,9 @@ def click_button(drv, text:str, nth:int=0):
 
 
 def test_explorer_live_in_jupyterlab(lab, truth, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import Select
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     url, token, work = lab

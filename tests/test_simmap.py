@@ -18,7 +18,7 @@ from colpali_milvus.simmap import (
     blend_heatmap,
     image_token_mask,
     page_maps,
-    patch_grid,
+    processor_grid,
     query_tokens,
     token_options,
 )
@@ -50,7 +50,7 @@ def index(enc, sample_pdf, tmp_path_factory):
 # --- grid and layout from the processor ---------------------------------------------------------------------------
 
 def test_tiny_colpali_grid_comes_from_the_processor(enc):
-    assert patch_grid(enc.processor, (600, 800), enc.model) == (4, 4)  # 56 px / 14 px patches, not 32 x 32
+    assert processor_grid(enc.processor, (600, 800), enc.model) == (4, 4)  # 56 px / 14 px patches, not 32 x 32
 
 class _Cfg:
     def __init__(self, **kw): self.__dict__.update(kw)
@@ -60,10 +60,10 @@ def test_colpali_grid_follows_image_size_and_patch_size(enc):
     proc = copy.deepcopy(enc.processor)
     proc.image_processor.size = {'height': 112, 'width': 112}
     model = _Cfg(config=_Cfg(vision_config=_Cfg(patch_size=14)))
-    assert patch_grid(proc, (600, 800), model) == (8, 8)
+    assert processor_grid(proc, (600, 800), model) == (8, 8)
     model.config.vision_config.patch_size = 28
-    assert patch_grid(proc, (600, 800), model) == (4, 4)
-    with pytest.raises(SimilarityMapError, match='patch_size'): patch_grid(proc, (600, 800), _Cfg())
+    assert processor_grid(proc, (600, 800), model) == (4, 4)
+    with pytest.raises(SimilarityMapError, match='patch_size'): processor_grid(proc, (600, 800), _Cfg())
 
 def test_colqwen2_grid_is_dynamic_and_width_first():
     from colpali_engine.models import ColQwen2Processor
@@ -73,10 +73,10 @@ def test_colqwen2_grid_is_dynamic_and_width_first():
     model = _Cfg(config=_Cfg(vision_config=_Cfg(spatial_merge_size=2)))
     h, w = smart_resize(800, 600, factor=28, min_pixels=p.image_processor.size['shortest_edge'],
                         max_pixels=p.image_processor.size['longest_edge'])
-    assert patch_grid(p, (600, 800), model) == (w // 28, h // 28)
-    nx, ny = patch_grid(p, (1200, 400), model)
+    assert processor_grid(p, (600, 800), model) == (w // 28, h // 28)
+    nx, ny = processor_grid(p, (1200, 400), model)
     assert nx > 2*ny  # a wide page gives a wide grid: (width, height) is read in the right order
-    assert patch_grid(p, (600, 800)) == (w // 28, h // 28)  # without the model: the image processor's merge_size
+    assert processor_grid(p, (600, 800)) == (w // 28, h // 28)  # without the model: the image processor's merge_size
 
 def test_idefics3_grid_reads_height_width():
     from colpali_engine.models.idefics3.colidefics3.processing_colidefics3 import ColIdefics3Processor
@@ -84,8 +84,8 @@ def test_idefics3_grid_reads_height_width():
     p = object.__new__(ColIdefics3Processor)
     p.image_processor = Idefics3ImageProcessor(size={'longest_edge': 2048}, max_image_size={'longest_edge': 512})
     p.image_seq_len = 64
-    assert patch_grid(p, (2048, 1024)) == (32, 16)  # 4 x 2 tiles of 8 x 8 tokens, wide
-    assert patch_grid(p, (1024, 2048)) == (16, 32)
+    assert processor_grid(p, (2048, 1024)) == (32, 16)  # 4 x 2 tiles of 8 x 8 tokens, wide
+    assert processor_grid(p, (1024, 2048)) == (16, 32)
 
 def test_image_mask_lines_up_with_stored_vectors(enc, page):
     m = image_token_mask(enc.processor, page)
