@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup sync-check nbtest pytest clean
+.PHONY: demo test setup sync-check lint nbtest pytest clean
 
 $(VENV)/.installed: settings.ini setup.py scripts/setup.sh
 	bash scripts/setup.sh
@@ -15,11 +15,15 @@ demo: $(VENV)/.installed
 	$(BIN)/colpali-milvus demo --db demo_out/demo.db
 
 test: $(VENV)/.installed
-	$(MAKE) sync-check nbtest pytest
+	$(MAKE) sync-check lint nbtest pytest
 
 # Notebooks are the source: exporting them must not change the package, and they must be clean.
 sync-check:
 	BIN=$(BIN) bash scripts/check_sync.sh
+
+# ruff on the sources: notebooks (the package is exported from them), tests, benchmarks, scripts (pyproject.toml)
+lint:
+	$(BIN)/ruff check nbs tests bench scripts
 
 nbtest:
 	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2 --timing

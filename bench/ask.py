@@ -9,8 +9,8 @@ many image tokens the prompt holds per k.
 Retrieval uses the tiny ColPali on the bundled sample PDF (its pages rendered as the index renders them): retrieval
 time is not what this measures (see the other benches). The random VLM writes noise, but every token is a real
 forward pass; its generation config makes every answer exactly `max_new_tokens` tokens of random letters
-and spaces (one character each, streamed token by token), in process and served, so the table's tokens written checks that. Prints a Markdown
-table and writes <out>/ask.json.
+and spaces (one character each, streamed token by token), in process and served, so the table's tokens written
+checks that. Prints a Markdown table and writes <out>/ask.json.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def free_port()->int:
 def start_server(model:Path, device:str, log:Path):
     port = free_port()
     exe = Path(sys.executable).parent/'transformers'
-    proc = subprocess.Popen([str(exe), 'serve', str(model), '--host', '127.0.0.1', '--port', str(port), '--device', device],
+    proc = subprocess.Popen([str(exe), 'serve', str(model), '--host', '127.0.0.1', '--port', str(port),
+                             '--device', device],
                             stdout=open(log, 'w'), stderr=subprocess.STDOUT, env={**os.environ, 'HF_HUB_OFFLINE': '1'})
     url, t0 = f'http://127.0.0.1:{port}/v1', time.monotonic()
     while True:
@@ -54,9 +55,10 @@ def measure(idx, vlm, k:int, runs:int, tokenizer)->dict:
     for _ in range(runs):
         a = idx.ask(Q, k=k, vlm=vlm)
         rows.append(dict(first_token=a.timings['first_token'], total=a.timings['total'], retrieve=a.timings['retrieve'],
-                         prepare=a.timings['prepare'], new_tokens=len(tokenizer(a.text, add_special_tokens=False)['input_ids']),
+                         prepare=a.timings['prepare'],
+                         new_tokens=len(tokenizer(a.text, add_special_tokens=False)['input_ids']),
                          image_tokens=a.image_tokens, prompt_tokens=a.prompt_tokens))
-    med = lambda key: statistics.median(r[key] for r in rows)
+    def med(key): return statistics.median(r[key] for r in rows)
     return {'k': k, 'runs': rows, 'first_token_s': med('first_token'), 'total_s': med('total'),
             'first_token_min_s': min(r['first_token'] for r in rows), 'total_min_s': min(r['total'] for r in rows),
             'prepare_s': med('prepare'), 'retrieve_s': med('retrieve'), 'new_tokens': med('new_tokens'),
@@ -65,7 +67,8 @@ def measure(idx, vlm, k:int, runs:int, tokenizer)->dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--layers', type=int, default=2, help='vision and text layers of the random VLM (the real one: 12 + 30)')
+    p.add_argument('--layers', type=int, default=2,
+                   help='vision and text layers of the random VLM (the real one: 12 + 30)')
     p.add_argument('--max-new-tokens', type=int, default=32); p.add_argument('--runs', type=int, default=3)
     p.add_argument('--device', default='cpu'); p.add_argument('--out', default='bench_out')
     p.add_argument('--no-serve', action='store_true', help='skip the transformers serve runs')
@@ -83,8 +86,8 @@ def main():
     gc = GenerationConfig.from_pretrained(model); gc.min_new_tokens = a.max_new_tokens; gc.save_pretrained(model)
     idx = ColPaliIndex(str(out/'ask.db'), collection='ask', model='tiny', pages_dir=str(out/'ask_pages'))
     idx.add(data_path('sample.pdf'), progress=False)
-    res = {'machine': f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                      f"threads {torch.get_num_threads()}",
+    res = {'machine': f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                      f"torch {torch.__version__}, threads {torch.get_num_threads()}",
            'vlm': f'random SmolVLM-256M widths, {a.layers} vision + {a.layers} text layers', 'device': a.device,
            'max_new_tokens': a.max_new_tokens, 'modes': {}}
     t = time.perf_counter()
@@ -111,7 +114,8 @@ def main():
         for r in rows:
             it = '–' if r['image_tokens'] is None else r['image_tokens']
             pt = '–' if r['prompt_tokens'] is None else r['prompt_tokens']
-            print(f"| {mode} | {r['k']} | {it} | {pt} | {r['prepare_s']:.2f} | {r['first_token_s']:.2f} | {r['total_s']:.2f} | {r['new_tokens']:.0f} |")
+            print(f"| {mode} | {r['k']} | {it} | {pt} | {r['prepare_s']:.2f} | {r['first_token_s']:.2f} "
+                  f"| {r['total_s']:.2f} | {r['new_tokens']:.0f} |")
 
 
 if __name__ == '__main__':

@@ -48,22 +48,25 @@ class PageImageMissingError(ColPaliMilvusError, FileNotFoundError):
     "A retrieved page whose image file was deleted."
 
 # %% ../nbs/12_ask.ipynb #55a831fb
+# instructions; {n}: number of pages
 PROMPT = ("Answer the question using only the {n} numbered document page images above. After each statement, cite the "
-          "page(s) it comes from with their numbers in square brackets, like [1] or [2][3]. If the pages do not contain "
-          "the answer, say that the pages do not contain it; do not use any other knowledge.") # instructions; {n}: number of pages
+          "page(s) it comes from with their numbers in square brackets, like [1] or [2][3]. If the pages do not "
+          "contain the answer, say that the pages do not contain it; do not use any other knowledge.")
 
 def check_question(question # the question
                   )->str:
     "`question` stripped, or a clear error if it is not a non-empty string."
-    if not isinstance(question, str): raise TypeError(f"The question must be a string, got {type(question).__name__}: {question!r:.80}.")
-    if not question.strip(): raise ValueError("The question is empty: ask something, e.g. 'What does the table on page 2 show?'.")
+    if not isinstance(question, str):
+        raise TypeError(f"The question must be a string, got {type(question).__name__}: {question!r:.80}.")
+    if not question.strip():
+        raise ValueError("The question is empty: ask something, e.g. 'What does the table on page 2 show?'.")
     return question.strip()
 
 def build_messages(question:str, # the question
                    images:list, # page images (PIL), best page first; they become [1], [2], ...
                    prompt:str=PROMPT # the instructions ({n} is replaced by the number of pages)
                   )->list:
-    "Chat messages in the transformers / OpenAI content-list form: one user turn with numbered page images, instructions, question."
+    "Chat messages (transformers/OpenAI content lists): one user turn of numbered page images, instructions, question."
     content = []
     for i, img in enumerate(images, 1): content += [{'type': 'text', 'text': f'[{i}]'}, {'type': 'image', 'image': img}]
     content.append({'type': 'text', 'text': f"{prompt.format(n=len(images))}\n\nQuestion: {check_question(question)}"})
@@ -140,8 +143,8 @@ def page_images(pages:list, # `SearchResult`s (or objects with `.image_path`)
     for p in pages:
         if not Path(p.image_path).is_file():
             raise PageImageMissingError(
-                f"The image of page {p.page} of {p.source} ({p.image_path}) is missing: it was moved or deleted. Render the "
-                f"file's pages again: `index.remove({p.source!r})` then `index.add(...)` on the file (or "
+                f"The image of page {p.page} of {p.source} ({p.image_path}) is missing: it was moved or deleted. "
+                f"Render the file's pages again: `index.remove({p.source!r})` then `index.add(...)` on the file (or "
                 f"`colpali-milvus remove FILE` then `colpali-milvus index FILE`).")
         out.append(fit_image(load_image(p.image_path), max_pixels))
     return out
@@ -192,7 +195,7 @@ def context_length(cfg # a transformers model config
 def resolve_vlm(name:str, # hub id or local folder of a VLM
                 timeout:float=5.0 # seconds to wait for the hub before using the local cache
                )->str:
-    "A VLM's folder (or hub id when the hub answers), as `resolve_model` finds it; `ModelUnavailableError` that says what to do."
+    "A VLM's folder (or hub id if the hub answers) via `resolve_model`; `ModelUnavailableError` saying what to do."
     from colpali_milvus.encode import resolve_model
     try: return resolve_model(name, timeout)
     except ModelUnavailableError as e:  # the encoder's hint names --model; the VLM's option is --vlm
@@ -213,7 +216,8 @@ class LocalVLM:
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         from colpali_milvus.encode import pick_device, pick_dtype
-        self.model_name, self.max_new_tokens, self.max_pixels = str(model), positive_int(max_new_tokens, 'max_new_tokens'), max_pixels
+        self.model_name, self.max_new_tokens, self.max_pixels = (
+            str(model), positive_int(max_new_tokens, 'max_new_tokens'), max_pixels)
         self.path = resolve_vlm(str(model), timeout)
         local = Path(self.path).is_dir()
         try: cfg = AutoConfig.from_pretrained(self.path, local_files_only=local)
@@ -221,21 +225,24 @@ class LocalVLM:
             raise ModelUnavailableError(f"VLM {self.model_name!r}: its config cannot be read ({e}).") from None
         arch = (getattr(cfg, 'architectures', None) or [''])[0]
         if arch.startswith('Col'):   # a colpali-engine retriever: it makes vectors, not text
-            raise UnsupportedVLMError(f"{self.model_name!r} is a {arch} retrieval model: it turns pages into vectors and "
-                                      "cannot write answers. Pass a generative vision-language model as the VLM, e.g. "
-                                      "'HuggingFaceTB/SmolVLM-256M-Instruct', or an endpoint URL.")
+            raise UnsupportedVLMError(f"{self.model_name!r} is a {arch} retrieval model: it turns pages into vectors "
+                                      "and cannot write answers. Pass a generative vision-language model as the VLM, "
+                                      "e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct', or an endpoint URL.")
         if not _is_image_text(cfg):
-            raise UnsupportedVLMError(f"{self.model_name!r} is a {getattr(cfg, 'model_type', '?')!r} model, not an image-text-to-text "
-                                      "model, so it cannot read page images. Use a vision-language model, e.g. "
-                                      "'HuggingFaceTB/SmolVLM-256M-Instruct' or 'Qwen/Qwen2-VL-2B-Instruct', or an endpoint URL.")
+            raise UnsupportedVLMError(f"{self.model_name!r} is a {getattr(cfg, 'model_type', '?')!r} model, "
+                                      "not an image-text-to-text model, so it cannot read page images. "
+                                      "Use a vision-language model, e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct' "
+                                      "or 'Qwen/Qwen2-VL-2B-Instruct', or an endpoint URL.")
         self.is_tiny, self.context = is_tiny_random(cfg), context_length(cfg)
         self.device = pick_device(device)
         self.dtype = torch.float32 if self.is_tiny and dtype in (None, 'auto') else pick_dtype(self.device, dtype)
         try:
             self.processor = AutoProcessor.from_pretrained(self.path, local_files_only=local)
-            self.model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=self.dtype, device_map=self.device,
+            self.model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=self.dtype,
+                                                                     device_map=self.device,
                                                                      local_files_only=local).eval()
-        except OSError as e: raise ModelUnavailableError(f"VLM {self.model_name!r} ({self.path}) could not be loaded: {e}") from None
+        except OSError as e:
+            raise ModelUnavailableError(f"VLM {self.model_name!r} ({self.path}) could not be loaded: {e}") from None
         if not getattr(self.processor, 'chat_template', None):
             raise UnsupportedVLMError(f"VLM {self.model_name!r} has no chat template, so its prompt format is unknown: "
                                       "use an instruction-tuned (chat) checkpoint of the model.")
@@ -257,7 +264,7 @@ def _image_token_ids(proc)->set:
 @patch
 def prepare(self:LocalVLM, messages:list # chat messages as `build_messages` makes them
            )->tuple:
-    "(model inputs, prompt tokens, image tokens) for chat `messages`; `ContextTooSmallError` if the answer would not fit."
+    "(model inputs, prompt tokens, image tokens) for chat `messages`; `ContextTooSmallError` if the answer won't fit."
     inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                                 return_tensors='pt')
     ids = inputs['input_ids'][0]
@@ -291,14 +298,18 @@ def stream(self:LocalVLM, inputs # model inputs, as `prepare` returns them
     if err: raise err[0]
 
 # %% ../nbs/12_ask.ipynb #4a7b94b1
-QWEN2_VL_TEMPLATE = ("{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
-    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+# Qwen2-VL-Instruct's, images only
+QWEN2_VL_TEMPLATE = ("{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}"
     "{{ message['content'] }}{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' or 'image' in c %}"
-    "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}") # Qwen2-VL-Instruct's, images only
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 SMOLVLM_TEMPLATE = ("<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
-    "{% if message['content'] is string %}: {{ message['content'] }}{% else %}{% if message['content'][0]['type'] == 'image' %}:"
+    "{% if message['content'] is string %}: {{ message['content'] }}{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}:"
     "{% else %}: {% endif %}{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
     "{% elif c['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}") # SmolVLM-Instruct's
@@ -323,17 +334,23 @@ def _tiny_qwen2_vl(small:bool, layers:int):
         Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
     )
-    special = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>', '<|video_pad|>']
+    special = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>',
+               '<|video_pad|>']
     tok = _bytes_tokenizer(Qwen2Tokenizer, special, eos_token='<|im_end|>', pad_token='<|endoftext|>')
-    ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=(1280 if small else 64)*28*28, patch_size=14, merge_size=2)
-    proc = Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN2_VL_TEMPLATE)
+    ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=(1280 if small else 64)*28*28, patch_size=14,
+                               merge_size=2)
+    proc = Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+                            chat_template=QWEN2_VL_TEMPLATE)
     ids = {f'{k}_token_id': tok.convert_tokens_to_ids(f'<|{k}|>') for k in ('vision_start', 'vision_end')}
-    ids |= dict(image_token_id=tok.convert_tokens_to_ids('<|image_pad|>'), video_token_id=tok.convert_tokens_to_ids('<|video_pad|>'))
+    ids |= dict(image_token_id=tok.convert_tokens_to_ids('<|image_pad|>'),
+                video_token_id=tok.convert_tokens_to_ids('<|video_pad|>'))
     w = dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2) if small else \
         dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1)
-    text = dict(**w, num_hidden_layers=layers, vocab_size=-(-len(tok)//64)*64, max_position_embeddings=32768 if small else 4096,
+    text = dict(**w, num_hidden_layers=layers, vocab_size=-(-len(tok)//64)*64,
+                max_position_embeddings=32768 if small else 4096,
                 bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                rope_parameters=dict(rope_type='default', rope_theta=1e6, mrope_section=[16, 24, 24] if small else [4, 6, 6]))
+                rope_parameters=dict(rope_type='default', rope_theta=1e6,
+                                     mrope_section=[16, 24, 24] if small else [4, 6, 6]))
     vis = dict(depth=layers, embed_dim=1280 if small else 32, num_heads=16 if small else 2, mlp_ratio=4 if small else 2,
                hidden_size=w['hidden_size'], patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     return Qwen2VLForConditionalGeneration, Qwen2VLConfig(text_config=text, vision_config=vis, **ids), proc
@@ -348,22 +365,25 @@ def _tiny_smolvlm(small:bool, layers:int):
         Idefics3ImageProcessor,
         Idefics3Processor,
     )
-    special = (['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<end_of_utterance>', '<fake_token_around_image>', '<image>',
-                '<global-img>'] + [f'<row_{i}_col_{j}>' for i in range(1, 7) for j in range(1, 7)])
+    special = (['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<end_of_utterance>', '<fake_token_around_image>',
+                '<image>', '<global-img>'] + [f'<row_{i}_col_{j}>' for i in range(1, 7) for j in range(1, 7)])
     tok = _bytes_tokenizer(GPT2Tokenizer, special, bos_token='<|im_start|>', eos_token='<end_of_utterance>',
                            pad_token='<|im_end|>', unk_token='<|endoftext|>')
     tile, patch, shuffle = (512, 16, 4) if small else (56, 7, 2)
     ip = Idefics3ImageProcessor(size={'longest_edge': (4 if small else 2)*tile}, max_image_size={'longest_edge': tile},
                                 do_image_splitting=True)
-    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(tile//patch//shuffle)**2, chat_template=SMOLVLM_TEMPLATE)
+    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(tile//patch//shuffle)**2,
+                             chat_template=SMOLVLM_TEMPLATE)
     vis = (dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12) if small else
            dict(hidden_size=32, intermediate_size=64, num_attention_heads=2))
-    text = (dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192)
+    text = (dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                 max_position_embeddings=8192)
             if small else dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
                                max_position_embeddings=2048))
     cfg = Idefics3Config(vision_config=dict(**vis, num_hidden_layers=layers, image_size=tile, patch_size=patch),
-                         text_config=dict(model_type='llama', **text, num_hidden_layers=layers, vocab_size=-(-len(tok)//64)*64,
-                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+                         text_config=dict(model_type='llama', **text, num_hidden_layers=layers,
+                                          vocab_size=-(-len(tok)//64)*64, bos_token_id=tok.bos_token_id,
+                                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
                          scale_factor=shuffle, image_token_id=proc.image_token_id)
     return Idefics3ForConditionalGeneration, cfg, proc
 
@@ -379,7 +399,8 @@ def _unprintable(tok, vocab_size:int)->list:
 # %% ../nbs/12_ask.ipynb #0abdf8fc
 TINY_VLM_FAMILIES = {'qwen2-vl': _tiny_qwen2_vl, 'smolvlm': _tiny_smolvlm} # tiny VLM family -> its builder
 TINY_VLM_VERSION = 3 # bumped when the tiny VLMs change: cached ones of another version are built again
-TINY_VLM_ALIASES = {'tiny-vlm': 'smolvlm', 'tiny-smolvlm': 'smolvlm', 'tiny-qwen2-vl': 'qwen2-vl'} # VLM name -> tiny family
+# VLM name -> tiny family
+TINY_VLM_ALIASES = {'tiny-vlm': 'smolvlm', 'tiny-smolvlm': 'smolvlm', 'tiny-qwen2-vl': 'qwen2-vl'}
 
 def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
                    path, # folder to create (or overwrite, if it holds a tiny model)
@@ -394,7 +415,8 @@ def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
     if size not in ('tiny', 'small'): raise ValueError(f"size must be 'tiny' or 'small', not {size!r}.")
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not is_tiny_random(path):
-        raise FileExistsError(f"{path}: folder exists and is not a tiny colpali-milvus model; refusing to overwrite it.")
+        raise FileExistsError(f"{path}: folder exists and is not a tiny colpali-milvus model; "
+                              "refusing to overwrite it.")
     cls, cfg, proc = TINY_VLM_FAMILIES[family](size == 'small', positive_int(layers, 'layers'))
     setattr(cfg, TINY_MARKER, True); setattr(cfg, 'colpali_milvus_tiny_vlm_version', TINY_VLM_VERSION)
     with torch.random.fork_rng(devices=[]):
@@ -403,8 +425,10 @@ def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
     model.generation_config.suppress_tokens = _unprintable(proc.tokenizer, cfg.text_config.vocab_size)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path); proc.save_pretrained(path)
-    (path/'README.md').write_text(f"# Tiny random {family} VLM (NOT a real model)\n\nBuilt by `colpali_milvus.ask.build_tiny_vlm`"
-                                  f"({family!r}, seed={seed}, size={size!r}): RANDOM weights, its answers are meaningless (random letters).\n")
+    (path/'README.md').write_text(f"# Tiny random {family} VLM (NOT a real model)\n\n"
+                                  f"Built by `colpali_milvus.ask.build_tiny_vlm`"
+                                  f"({family!r}, seed={seed}, size={size!r}): RANDOM weights, its answers are "
+                                  f"meaningless (random letters).\n")
     return path
 
 def tiny_vlm_path(name:str='tiny-vlm' # a `TINY_VLM_ALIASES` name or a `TINY_VLM_FAMILIES` family
@@ -438,7 +462,8 @@ def _data_url(img)->str:
 def openai_messages(messages:list # chat messages as `build_messages` makes them
                    )->list:
     "Chat messages with PIL images as OpenAI `image_url` parts (data URLs)."
-    conv = lambda c: {'type': 'image_url', 'image_url': {'url': _data_url(c['image'])}} if c['type'] == 'image' else c
+    def conv(c):
+        return {'type': 'image_url', 'image_url': {'url': _data_url(c['image'])}} if c['type'] == 'image' else c
     return [{**m, 'content': [conv(c) for c in m['content']]} for m in messages]
 
 # %% ../nbs/12_ask.ipynb #55b76d35
@@ -447,16 +472,20 @@ class EndpointVLM:
     kind = 'endpoint'
     def __init__(self, url:str, # the API base, e.g. http://localhost:8000/v1
                  model:str|None=None, # the model name the server knows (None: the only one it lists)
-                 api_key_env:str='OPENAI_API_KEY', # environment variable holding the key (unset: no key, for local servers)
+                 # environment variable holding the key (unset: no key, for local servers)
+                 api_key_env:str='OPENAI_API_KEY',
                  max_new_tokens:int=512, # the longest answer, in tokens
                  max_pixels:int=MAX_PIXELS, # cap on each page image's pixels
                  timeout:float=120.0 # seconds to wait for the server
                 ):
         import openai
-        if not re.match(r'https?://', str(url)): raise ValueError(f"url must start with http:// or https://, not {url!r}.")
-        self.url, self.max_new_tokens, self.max_pixels = str(url).rstrip('/'), positive_int(max_new_tokens, 'max_new_tokens'), max_pixels
+        if not re.match(r'https?://', str(url)):
+            raise ValueError(f"url must start with http:// or https://, not {url!r}.")
+        self.url, self.max_new_tokens, self.max_pixels = (
+            str(url).rstrip('/'), positive_int(max_new_tokens, 'max_new_tokens'), max_pixels)
         self.api_key_env, self.is_tiny, self.context = api_key_env, False, None
-        self.client = openai.OpenAI(base_url=self.url, api_key=os.environ.get(api_key_env) or 'no-key', timeout=timeout, max_retries=0)
+        self.client = openai.OpenAI(base_url=self.url, api_key=os.environ.get(api_key_env) or 'no-key', timeout=timeout,
+                                    max_retries=0)
         self.model = model or self._only_model()
         self.model_name = f'{self.model} @ {self.url}'
     def __repr__(self): return f"EndpointVLM({self.url!r}, model={self.model!r})"
@@ -466,26 +495,28 @@ def _fail(self:EndpointVLM, e:Exception):
     "`e` from the openai client as a `VLMUnavailableError` (or `ContextTooSmallError`) that says what to do."
     import openai
     if isinstance(e, openai.APITimeoutError):
-        return VLMUnavailableError(f"VLM endpoint {self.url} did not answer in time ({e}). Check that the server is up and not "
-                                   "overloaded, or raise the timeout.")
+        return VLMUnavailableError(f"VLM endpoint {self.url} did not answer in time ({e}). "
+                                   "Check that the server is up and not overloaded, or raise the timeout.")
     if isinstance(e, openai.APIConnectionError):
-        return VLMUnavailableError(f"VLM endpoint {self.url} does not answer ({e.__cause__ or e}). Start the server (e.g. `vllm "
-                                   "serve MODEL`, `ollama serve`, `transformers serve`) or check the URL.")
+        return VLMUnavailableError(f"VLM endpoint {self.url} does not answer ({e.__cause__ or e}). "
+                                   "Start the server (e.g. `vllm serve MODEL`, `ollama serve`, `transformers serve`) "
+                                   "or check the URL.")
     if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError)):
         return VLMUnavailableError(f"VLM endpoint {self.url} refused the key ({e.status_code}): put a valid key in the "
                                    f"environment variable {self.api_key_env}.")
     if isinstance(e, openai.NotFoundError):
-        return VLMUnavailableError(f"VLM endpoint {self.url} does not serve model {getattr(self, 'model', None)!r} (404). "
+        return VLMUnavailableError(f"VLM endpoint {self.url} does not serve model "
+                                   f"{getattr(self, 'model', None)!r} (404). "
                                    "Pass a model it serves, or check the URL (it usually ends in /v1).")
     if not isinstance(e, openai.APIStatusError): return e
     body = e.body if isinstance(e.body, dict) else {}
     err = body.get('error') if isinstance(body.get('error'), dict) else {}
     msg = str(body.get('detail') or err.get('message') or e.message)
     if re.search(r'context|too long|maximum.*length|too many tokens', msg, re.I):
-        return ContextTooSmallError(f"VLM endpoint {self.url} says the prompt is too long for model {self.model!r} ({msg}). "
-                                    "Ask with fewer pages (k) or smaller page images (max_pixels).")
-    return VLMUnavailableError(f"VLM endpoint {self.url} refused the request ({e.status_code}: {msg}). Check the model name "
-                               "(model=..., --vlm-model) and that the server can read images.")
+        return ContextTooSmallError(f"VLM endpoint {self.url} says the prompt is too long for model {self.model!r} "
+                                    f"({msg}). Ask with fewer pages (k) or smaller page images (max_pixels).")
+    return VLMUnavailableError(f"VLM endpoint {self.url} refused the request ({e.status_code}: {msg}). "
+                               "Check the model name (model=..., --vlm-model) and that the server can read images.")
 
 @patch
 def _only_model(self:EndpointVLM)->str:
@@ -524,7 +555,8 @@ def complete(self:EndpointVLM, inputs # request messages, as `prepare` returns t
             )->str:
     "The endpoint's whole answer to prepared `inputs`, in one response (no streaming)."
     import openai
-    try: r = self.client.chat.completions.create(model=self.model, messages=inputs, max_tokens=self.max_new_tokens, temperature=0)
+    try: r = self.client.chat.completions.create(model=self.model, messages=inputs, max_tokens=self.max_new_tokens,
+                                                 temperature=0)
     except openai.OpenAIError as e: raise self._fail(e) from None
     return r.choices[0].message.content or ''
 
@@ -562,14 +594,17 @@ def load_vlm(vlm=None, # URL, hub id, local folder, 'tiny-vlm', or a `LocalVLM`/
     "A ready VLM for `vlm`."
     if hasattr(vlm, 'prepare') and hasattr(vlm, 'stream'): return vlm
     vlm = DEFAULT_VLM if vlm is None else vlm
-    if not isinstance(vlm, (str, os.PathLike)): raise TypeError(f"vlm must be a model name, folder or URL, not {type(vlm).__name__}.")
+    if not isinstance(vlm, (str, os.PathLike)):
+        raise TypeError(f"vlm must be a model name, folder or URL, not {type(vlm).__name__}.")
     vlm, endpoint = str(vlm), bool(re.match(r'https?://', str(vlm)))
     other = _params(LocalVLM if endpoint else EndpointVLM) - _params(EndpointVLM if endpoint else LocalVLM)
     kwargs = {k: v for k, v in kwargs.items() if k not in other}  # e.g. `device` means nothing to an endpoint
     if endpoint: return EndpointVLM(vlm, **kwargs)
     if vlm in TINY_VLM_ALIASES: vlm = str(tiny_vlm_path(vlm))
     out = LocalVLM(vlm, **kwargs)
-    if out.is_tiny: warnings.warn(f"{out.path} is a tiny RANDOMLY INITIALISED VLM: its answers are meaningless.", TinyVLMWarning, stacklevel=2)
+    if out.is_tiny:
+        warnings.warn(f"{out.path} is a tiny RANDOMLY INITIALISED VLM: its answers are meaningless.", TinyVLMWarning,
+                      stacklevel=2)
     return out
 
 # %% ../nbs/12_ask.ipynb #327d1fbb
@@ -585,13 +620,16 @@ def ask_pages(question:str, # the question
     "Stream the VLM's answer to `question` from the images of `pages`."
     t0 = time.perf_counter() if t0 is None else t0
     question, pages = check_question(question), list(pages)[:positive_int(max_pages, 'max_pages')]
-    if not pages: raise ValueError("There are no pages to answer from: the index (or the filter) returned none. Add documents first.")
+    if not pages:
+        raise ValueError("There are no pages to answer from: the index (or the filter) returned none. "
+                         "Add documents first.")
     t = time.perf_counter()
     images = page_images(pages, vlm.max_pixels if max_pixels is None else max_pixels)
     inputs, n_prompt, n_img = vlm.prepare(build_messages(question, images, prompt))
     tm = {**(timings or {}), 'prepare': time.perf_counter() - t}
     def make(text, tm):
-        return Answer(question, text.strip(), pages, citations(text, len(pages)), vlm.model_name, tm, n_img, n_prompt, vlm.is_tiny)
+        return Answer(question, text.strip(), pages, citations(text, len(pages)), vlm.model_name, tm, n_img, n_prompt,
+                      vlm.is_tiny)
     st = AnswerStream(vlm.stream(inputs), make, t0, tm)
     st.model, st.is_tiny = vlm.model_name, vlm.is_tiny
     return st

@@ -50,7 +50,8 @@ def format_citations(answer # an `Answer`
     cited = answer.cited
     head = 'Cited pages:' if cited else 'The answer cites no page. Pages given:'
     ns = cited or range(1, len(answer.pages) + 1)
-    return '\n'.join([head] + [f"  [{n}] {answer.pages[n-1].score:>9.4f}  p. {answer.pages[n-1].page:<4} {answer.pages[n-1].source}" for n in ns])
+    return '\n'.join([head] + [f"  [{n}] {answer.pages[n-1].score:>9.4f}  p. {answer.pages[n-1].page:<4} "
+                               f"{answer.pages[n-1].source}" for n in ns])
 
 # %% ../nbs/08_cli.ipynb #3015aed2
 DEMO_QUERIES = ["How to end-to-end retrieval with ColBert?", "Where is ColBERT performance table?"]
@@ -72,7 +73,8 @@ def run_demo(db:str='demo_out/demo.db', # database for the demo
              model:str|None=None, # model; None: vidore/colpali-v1.2, or the tiny model when it cannot be had
              k:int=3, # pages per query
              out=sys.stdout,
-             vlm:str|None=None # VLM for the demo question; None: SmolVLM-256M-Instruct, or the tiny VLM when it cannot be had
+             # VLM for the demo question; None: SmolVLM-256M-Instruct, or the tiny VLM when it cannot be had
+             vlm:str|None=None
             ):
     "Index the bundled sample PDF and print the ranked pages for two example queries."
     from colpali_milvus.index import ColPaliIndex
@@ -88,7 +90,8 @@ def run_demo(db:str='demo_out/demo.db', # database for the demo
         for q in DEMO_QUERIES: print(format_results(q, idx.search(q, k=k)), '\n', file=out)
     print(f"Searched {len(DEMO_QUERIES)} queries in {time.perf_counter()-t1:.2f} s.", file=out)
     if getattr(idx.encoder, 'is_tiny', False):
-        print("\nNOTE: these rankings come from the tiny RANDOM model and are meaningless (see the banner above).", file=out)
+        print("\nNOTE: these rankings come from the tiny RANDOM model and are meaningless (see the banner above).",
+              file=out)
     demo_ask(idx, vlm, out)
     idx.close()
 
@@ -117,22 +120,28 @@ def demo_ask(idx, # the demo's index
         for piece in st: print(piece, end='', file=out, flush=True)
     ans = st.answer
     print(f"\n\n{format_citations(ans)}\n({ans.timings['total']:.1f} s)", file=out)
-    if ans.is_tiny: print("NOTE: this answer comes from the tiny RANDOM VLM and is meaningless (see the banner above).", file=out)
+    if ans.is_tiny:
+        print("NOTE: this answer comes from the tiny RANDOM VLM and is meaningless (see the banner above).", file=out)
 
 # %% ../nbs/08_cli.ipynb #5b3829b9
 def _parser()->argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='colpali-milvus', description='Multimodal retrieval of PDF pages with ColPali and Milvus.')
+    p = argparse.ArgumentParser(prog='colpali-milvus',
+                                description='Multimodal retrieval of PDF pages with ColPali and Milvus.')
     sub = p.add_subparsers(dest='cmd', required=True)
     def common(s):
         s.add_argument('--db', default='colpali.db', help='Milvus Lite file or server uri (default: colpali.db)')
-        s.add_argument('--token', default=os.environ.get('MILVUS_TOKEN', ''), help='Milvus server token (or $MILVUS_TOKEN)')
+        s.add_argument('--token', default=os.environ.get('MILVUS_TOKEN', ''),
+                       help='Milvus server token (or $MILVUS_TOKEN)')
         s.add_argument('--collection', default='colpali', help='collection name (default: colpali)')
-        s.add_argument('--model', default=None, help='hub id, local folder or "tiny" (default: the collection\'s model, else vidore/colpali-v1.2)')
+        s.add_argument('--model', default=None,
+                       help='hub id, local folder or "tiny" '
+                       '(default: the collection\'s model, else vidore/colpali-v1.2)')
         s.add_argument('--device', default=None, help='cuda, mps or cpu (default: fastest available)')
     s = sub.add_parser('index', help='add PDFs, images or folders to the index'); common(s)
     s.add_argument('paths', nargs='+'); s.add_argument('--pages-dir', default=None)
     s.add_argument('--batch-size', type=int, default=4); s.add_argument('--password', default=None)
-    s.add_argument('--skip-errors', action='store_true', help='report bad files and index the rest (exit status 1 if any)')
+    s.add_argument('--skip-errors', action='store_true',
+                   help='report bad files and index the rest (exit status 1 if any)')
     s.add_argument('--metadata', default=None, help='JSON object stored with every page added, e.g. \'{"year": 2024}\'')
     s.add_argument('--no-progress', action='store_true', help='no progress bar')
     s = sub.add_parser('search', help='rank indexed pages for a query'); common(s)
@@ -144,23 +153,31 @@ def _parser()->argparse.ArgumentParser:
     s.add_argument('--source', action='append', default=None, help='only pages of this file or folder (repeatable)')
     s.add_argument('--where', action='append', default=None, metavar='KEY=VALUE',
                    help='only pages whose metadata KEY equals VALUE (a JSON value or plain text; repeatable)')
-    s.add_argument('--documents', action='store_true', help='rank documents (scored by their best page) instead of pages')
-    s = sub.add_parser('ask', help='answer a question from the best pages with a vision-language model, citing them'); common(s)
-    s.add_argument('question', nargs='+', help='the question (its words are joined)'); s.add_argument('-k', type=int, default=3)
-    s.add_argument('--vlm', default=None, help='VLM: hub id, local folder, OpenAI-compatible endpoint (http://host:port/v1) '
+    s.add_argument('--documents', action='store_true',
+                   help='rank documents (scored by their best page) instead of pages')
+    s = sub.add_parser('ask', help='answer a question from the best pages with a vision-language model, citing them')
+    common(s)
+    s.add_argument('question', nargs='+', help='the question (its words are joined)')
+    s.add_argument('-k', type=int, default=3)
+    s.add_argument('--vlm', default=None,
+                   help='VLM: hub id, local folder, OpenAI-compatible endpoint (http://host:port/v1) '
                    'or tiny-vlm (random; default: HuggingFaceTB/SmolVLM-256M-Instruct)')
     s.add_argument('--vlm-model', default=None, help='model name at the endpoint (default: the only one it lists)')
-    s.add_argument('--api-key-env', default='OPENAI_API_KEY', help='environment variable with the endpoint key (default: OPENAI_API_KEY)')
+    s.add_argument('--api-key-env', default='OPENAI_API_KEY',
+                   help='environment variable with the endpoint key (default: OPENAI_API_KEY)')
     s.add_argument('--max-new-tokens', type=int, default=512); s.add_argument('--max-pixels', type=int, default=None)
     s.add_argument('--source', action='append', default=None, help='only pages of this file or folder (repeatable)')
-    s.add_argument('--where', action='append', default=None, metavar='KEY=VALUE', help='only pages whose metadata match')
+    s.add_argument('--where', action='append', default=None, metavar='KEY=VALUE',
+                   help='only pages whose metadata match')
     s.add_argument('--json', action='store_true', help='print the answer object as JSON (no streaming)')
     s = sub.add_parser('remove', help='delete files (or every file under folders) from the index'); common(s)
     s.add_argument('paths', nargs='+')
     s = sub.add_parser('info', help='what is indexed'); common(s)
     s = sub.add_parser('demo', help='index the bundled sample PDF and run two example queries')
-    s.add_argument('--db', default='demo_out/demo.db'); s.add_argument('--model', default=None); s.add_argument('-k', type=int, default=3)
-    s.add_argument('--vlm', default=None, help='VLM for the demo question (default: SmolVLM-256M-Instruct, else the tiny random VLM)')
+    s.add_argument('--db', default='demo_out/demo.db'); s.add_argument('--model', default=None)
+    s.add_argument('-k', type=int, default=3)
+    s.add_argument('--vlm', default=None,
+                   help='VLM for the demo question (default: SmolVLM-256M-Instruct, else the tiny random VLM)')
     return p
 
 # %% ../nbs/08_cli.ipynb #95fd34cc
@@ -195,7 +212,8 @@ def _index_cmd(idx, a)->int:
     meta = None
     if a.metadata is not None:
         try: meta = json.loads(a.metadata)
-        except ValueError as e: raise ValueError(f"--metadata must be a JSON object, e.g. '{{\"year\": 2024}}': {e}") from None
+        except ValueError as e:
+            raise ValueError(f"--metadata must be a JSON object, e.g. '{{\"year\": 2024}}': {e}") from None
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the report below lists the failed files
         rep = idx.add(a.paths, on_error='skip' if a.skip_errors else 'raise', password=a.password, metadata=meta,
@@ -210,7 +228,8 @@ def _ask_cmd(idx, a)->int:
     "Run `colpali-milvus ask`: stream the answer, then the cited pages (or the answer as JSON)."
     from colpali_milvus.ask import TINY_VLM_BANNER
     kw = dict(k=a.k, vlm=a.vlm, sources=a.source, where=parse_where(a.where), max_pixels=a.max_pixels,
-              max_new_tokens=a.max_new_tokens, api_key_env=a.api_key_env, **({'model': a.vlm_model} if a.vlm_model else {}))
+              max_new_tokens=a.max_new_tokens, api_key_env=a.api_key_env,
+              **({'model': a.vlm_model} if a.vlm_model else {}))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the tiny models' warnings: the banner says it louder
         st = idx.ask_stream(' '.join(a.question), **kw)
@@ -239,7 +258,8 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
                 queries = search_queries(a.query, a.more, a.queries_file)
                 res = idx.search(queries, k=a.k, sources=a.source, where=parse_where(a.where), documents=a.documents)
                 fmt = format_documents if a.documents else format_results
-                if a.json: print(json.dumps([results_json(q, r) for q, r in zip(queries, res)], indent=1, ensure_ascii=False))
+                if a.json:
+                    print(json.dumps([results_json(q, r) for q, r in zip(queries, res)], indent=1, ensure_ascii=False))
                 else: print('\n\n'.join(fmt(q, r) for q, r in zip(queries, res)))
             elif a.cmd == 'remove':
                 n = idx.remove(a.paths)

@@ -83,14 +83,19 @@ class ColPaliIndex:
     "A searchable index of PDF pages: rasterize, encode with a ColPali model, store in Milvus, rank by exact MaxSim."
     def __init__(self, uri:str='colpali.db', # Milvus Lite file, or a server address such as http://localhost:19530
                  collection:str='colpali', # collection name
-                 model:str|None=None, # hub id, local folder or "tiny"; None: the model the collection was built with, else vidore/colpali-v1.2
+                 # hub id, local folder or "tiny";
+                 # None: the model the collection was built with, else vidore/colpali-v1.2
+                 model:str|None=None,
                  token:str='', # Milvus server credentials
-                 pages_dir:str|None=None, # where page images go; default: `<db name>_pages` next to a Lite db, else ./colpali_pages
+                 # where page images go; default: `<db name>_pages` next to a Lite db, else ./colpali_pages
+                 pages_dir:str|None=None,
                  device:str|None=None, # cuda, mps or cpu; None picks the fastest available
                  dtype=None, # None picks bf16/fp16 only where the hardware runs them fast, else float32
                  batch_size:int=4, # pages encoded per forward pass
                  encoder=None, # a ready `ColPaliEncoder` (skips loading a model)
-                 token_pool_factor:int|None=None, # merge similar page vectors (hierarchical pooling): 2 or 3 store 1/2 or 1/3; None: the collection's own (1: off)
+                 # merge similar page vectors (hierarchical pooling): 2 or 3 store 1/2 or 1/3;
+                 # None: the collection's own (1: off)
+                 token_pool_factor:int|None=None,
                  **retriever_kwargs # passed to `MilvusColbertRetriever` (n_candidates, refresh_s, timeout, ...)
                 ):
         self.uri, self.collection = str(uri), check_collection_name(collection)
@@ -106,7 +111,8 @@ class ColPaliIndex:
             if built and model and str(model) != built:
                 raise ModelMismatchError(
                     f"Collection {collection!r} was built with model {built!r}, not {model!r}: vectors of different "
-                    "models cannot be compared. Open it without `model` (its own model is used), or use another collection.")
+                    "models cannot be compared. Open it without `model` (its own model is used), "
+                    "or use another collection.")
             self.model = str(model or built or DEFAULT_MODEL)
             self.token_pool_factor = _check_pool_factor(collection, token_pool_factor, props)
             self._encoder = None
@@ -115,7 +121,8 @@ class ColPaliIndex:
             if fresh: close_client(self.client, self.uri)  # release a Lite db this call opened; others may share it
             raise
         if pages_dir is None:
-            pages_dir = (Path(self.uri).parent/f"{Path(self.uri).stem}_pages") if is_local_uri(self.uri) else Path('colpali_pages')
+            pages_dir = ((Path(self.uri).parent/f"{Path(self.uri).stem}_pages") if is_local_uri(self.uri)
+                         else Path('colpali_pages'))
         self.pages_dir = Path(pages_dir).expanduser().absolute()
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
 
@@ -143,7 +150,8 @@ def info(self:ColPaliIndex)->dict:
     "Model, vector dimension, page and document counts of the collection ({} when it does not exist yet)."
     if not self.retriever.exists(): return {}
     props = self.retriever.properties()
-    return {'model': props.get('colpali_milvus.model'), 'dim': int(props.get('colpali_milvus.dim') or self.retriever.dim),
+    return {'model': props.get('colpali_milvus.model'),
+            'dim': int(props.get('colpali_milvus.dim') or self.retriever.dim),
             'pages': self.retriever.num_pages(), 'documents': len(self.sources())}
 
 @patch(as_prop=True)
@@ -167,8 +175,9 @@ def _ensure_collection(self:ColPaliIndex):
 @patch
 def _require_collection(self:ColPaliIndex):
     if not self.retriever.exists():
-        raise CollectionNotFoundError(f"Collection {self.collection!r} does not exist in {self.uri}: add documents first "
-                                      f"(`index.add(...)` or `colpali-milvus index PATH --db {self.uri}`).")
+        raise CollectionNotFoundError(f"Collection {self.collection!r} does not exist in {self.uri}: "
+                                      f"add documents first (`index.add(...)` or "
+                                      f"`colpali-milvus index PATH --db {self.uri}`).")
 
 # %% ../nbs/07_index.ipynb #0ed7cd0d
 def _meta(row:dict)->dict:
@@ -203,7 +212,9 @@ def _check_storable(path:Path):
     except UnicodeEncodeError:
         raise PDFError(_display(path), 'has a name that is not valid UTF-8, which the index cannot store.',
                        'Rename it (e.g. `convmv -f latin1 -t utf8 --notest FILE`).') from None
-    if n > 4096: raise PDFError(_display(path), f'has a {n}-byte path; the index stores at most 4096.', 'Move it to a shorter path.')
+    if n > 4096:
+        raise PDFError(_display(path), f'has a {n}-byte path; the index stores at most 4096.',
+                       'Move it to a shorter path.')
 
 def _check_metadata(metadata)->dict|None:
     "`metadata` if it is a dict that JSON can store, else a clear error."
@@ -232,13 +243,14 @@ def _relabel(self:ColPaliIndex, rows:list, metadata:dict):
         part = rows[s:s+64]
         vecs = self.retriever.page_vectors({int(r['page_id']): r for r in part})
         self.retriever.add_pages([int(r['page_id']) for r in part], [vecs[int(r['page_id'])] for r in part],
-                                 [{**{k: r[k] for k in ('source', 'page', 'image_path', 'sha256')}, 'metadata': metadata}
+                                 [{**{k: r[k] for k in ('source', 'page', 'image_path', 'sha256')},
+                                   'metadata': metadata}
                                   for r in part])
 
 # %% ../nbs/07_index.ipynb #3c4b2507
 @patch
 def _pooled(self:ColPaliIndex, vecs:list, part:list)->list:
-    "Pages' vectors pooled by `token_pool_factor` (unchanged when it is 1); vectors after the last image patch are kept."
+    "Pages' vectors pooled by `token_pool_factor` (unchanged when 1); vectors after the last image patch are kept."
     if self.token_pool_factor == 1: return vecs
     from colpali_milvus.pooling import pool_tokens
     out = []
@@ -269,7 +281,7 @@ def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of th
         progress:bool=True, # show a progress bar over pages
         chunk:int|None=None # pages rendered, encoded and committed per step (default: 4 x batch_size)
        )->AddReport:
-    "Index the files in `paths`; returns the pages encoded (an `AddReport`, which also lists unchanged and failed files)."
+    "Index the files in `paths`; returns the pages encoded (an `AddReport`, also listing unchanged and failed files)."
     from tqdm.auto import tqdm
     if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
     metadata, chunk = _check_metadata(metadata), chunk or self.batch_size * 4
@@ -299,7 +311,8 @@ def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of th
                 if relabel: self._relabel(relabel, metadata)
                 if todo: report += self._add_file(src, todo, metadata, password, chunk, bar)
             except (PDFError, DimensionMismatchError, ValueError) as e:
-                failed(src.path, e if isinstance(e, PDFError) else PDFError(name, f'could not be indexed: {e}')); continue
+                failed(src.path, e if isinstance(e, PDFError) else PDFError(name, f'could not be indexed: {e}'))
+                continue
             if todo: report.indexed[name] = len(todo)
             old = by_source.get(name, {})
             keep = {page_id_for(name, p) for p in range(1, src.pages + 1)}
@@ -355,7 +368,8 @@ def remove(self:ColPaliIndex, sources # a file or folder that was indexed, or a 
     table = self._page_table()
     gone = self._resolve_sources(sources, table)
     self.retriever.delete_pages(list(gone))
-    self._drop_images({r['image_path'] for r in gone.values()}, {r['image_path'] for pid, r in table.items() if pid not in gone})
+    self._drop_images({r['image_path'] for r in gone.values()},
+                      {r['image_path'] for pid, r in table.items() if pid not in gone})
     return len(gone)
 
 # %% ../nbs/07_index.ipynb #e8e3e7a1
@@ -378,10 +392,12 @@ def _source_filter(self:ColPaliIndex, sources)->str:
     picked = set()
     for s in sources:
         keys = sorted({str(s), str(Path(s).expanduser().absolute()), str(Path(s).expanduser().resolve())})
-        under = [f"source like {json.dumps(k.rstrip(os.sep) + os.sep + '%')}" for k in keys]   # may match more: checked below
+        # may match more: checked below
+        under = [f"source like {json.dumps(k.rstrip(os.sep) + os.sep + '%')}" for k in keys]
         rows = self.retriever.query_pages(' or '.join([sources_expr(keys)] + under), ('source',))
         hit = {r['source'] for r in rows if any(_matches(r['source'], k) for k in keys)}
-        if not hit: self._resolve_sources([s], self._page_table())   # raises SourceNotFoundError, listing what is indexed
+        # raises SourceNotFoundError, listing what is indexed
+        if not hit: self._resolve_sources([s], self._page_table())
         picked |= hit
     return sources_expr(sorted(picked))
 
@@ -394,7 +410,8 @@ def _allowed(self:ColPaliIndex, sources, where)->list|None:
     calls = {k: v for k, v in (where or {}).items() if callable(v)}
     plain = {k: v for k, v in (where or {}).items() if not callable(v)}
     parts = ([self._source_filter(sources)] if sources is not None else []) + ([metadata_expr(plain)] if plain else [])
-    rows = self.retriever.query_pages(' and '.join(f'({p})' for p in parts), ('page_id', 'metadata') if calls else ('page_id',))
+    rows = self.retriever.query_pages(' and '.join(f'({p})' for p in parts),
+                                      ('page_id', 'metadata') if calls else ('page_id',))
     return sorted(int(r['page_id']) for r in rows if not calls or _where_ok(_meta(r), calls))
 
 # %% ../nbs/07_index.ipynb #2a8a892a
@@ -466,7 +483,9 @@ def _rank(self:ColPaliIndex, qv, k:int, allowed, documents:bool)->list:
     return self._hits(self.retriever.search_pages(qv, k, page_ids=allowed))
 
 @patch
-def search_vectors(self:ColPaliIndex, query_vectors, # one query's vectors (n, dim), as `encoder.encode_queries` gives them
+def search_vectors(self:ColPaliIndex,
+                   # one query's vectors (n, dim), as `encoder.encode_queries` gives them
+                   query_vectors,
                    k:int=5, # pages (or documents)
                    sources=None, # only pages of these files or folders
                    where:dict|None=None, # only pages whose metadata match
@@ -526,7 +545,8 @@ def ask_stream(self:ColPaliIndex, question:str, # the question, in plain words
     self._check_search(k)
     if k > max_pages:
         raise ValueError(f"k={k} pages is more than a VLM is given (max_pages={max_pages}): their images would not fit "
-                         "a small model's context. Ask with a smaller k (-k), or raise max_pages if the VLM reads that many.")
+                         "a small model's context. Ask with a smaller k (-k), "
+                         "or raise max_pages if the VLM reads that many.")
     v = self._vlm(vlm, vlm_kwargs)
     pages = self.search(question, k=k, sources=sources, where=where)
     return ask_pages(question, pages, v, max_pages=k, max_pixels=max_pixels,

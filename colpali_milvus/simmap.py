@@ -28,7 +28,7 @@ __all__ = ['ALL_TOKENS', 'CMAP', 'SimilarityMapError', 'processor_grid', 'image_
 
 # %% ../nbs/09_simmap.ipynb #24705358
 class SimilarityMapError(ColPaliMilvusError, ValueError):
-    "A page's stored vectors do not fit the processor's patch layout (the page changed, or another model built the index)."
+    "A page's stored vectors don't fit the processor's patch layout (page changed, or another model built the index)."
 
 # %% ../nbs/09_simmap.ipynb #02807aec
 def _vision_int(model, processor, name:str)->int|None:
@@ -41,7 +41,7 @@ def _vision_int(model, processor, name:str)->int|None:
         if isinstance(v, int) and not isinstance(v, bool) and v > 0: return v
     return None
 
-def processor_grid(processor, # a colpali-engine processor (ColPaliProcessor, ColQwen2Processor, ColIdefics3Processor, ...)
+def processor_grid(processor, # colpali-engine processor: ColPaliProcessor, ColQwen2Processor, ColIdefics3Processor, ...
                image_size:tuple, # (width, height) of the page image, as PIL's `Image.size`
                model=None # the model: its patch size (ColPali, Idefics3) or spatial merge size (ColQwen)
               )->tuple:
@@ -54,7 +54,8 @@ def processor_grid(processor, # a colpali-engine processor (ColPaliProcessor, Co
     elif 'patch_size' in params:  # ColPali: fixed grid; Idefics3: tiles of image_seq_len tokens
         seq = getattr(processor, 'image_seq_len', None)
         tile = (getattr(processor.image_processor, 'max_image_size', None) or {}).get('longest_edge')
-        kw['patch_size'] = (tile // math.isqrt(seq) if hasattr(processor, '_calculate_resized_dimensions') and seq and tile
+        kw['patch_size'] = (tile // math.isqrt(seq)
+                            if hasattr(processor, '_calculate_resized_dimensions') and seq and tile
                             else _vision_int(model, processor, 'patch_size'))
     if any(v is None for v in kw.values()):
         raise SimilarityMapError(f"cannot tell the {', '.join(kw)} of {type(processor).__name__}: pass the model too.")
@@ -69,14 +70,15 @@ def image_token_mask(processor, # a colpali-engine processor
                     )->np.ndarray:
     "Boolean mask over the page's encoded vectors (padding dropped) that marks the image patches placed on the grid."
     batch = processor.process_images([image])
-    mask = (processor.get_local_image_mask(batch) if hasattr(processor, 'get_local_image_mask')  # Idefics3: no global tile
+    # Idefics3: no global tile
+    mask = (processor.get_local_image_mask(batch) if hasattr(processor, 'get_local_image_mask')
             else processor.get_image_mask(batch))
     keep = batch['attention_mask'][0].bool() if 'attention_mask' in batch else slice(None)
     return mask[0][keep].cpu().numpy().astype(bool)
 
 # %% ../nbs/09_simmap.ipynb #af399b17
 def _pretty(tok:str)->str:
-    "A readable label for a tokenizer piece: '▁' and 'Ġ' word marks become a leading space, byte tokens their character."
+    "A readable label for a tokenizer piece: '▁'/'Ġ' word marks become a leading space, byte tokens their character."
     if tok.startswith('<0x') and tok.endswith('>') and len(tok) == 6:
         c = chr(int(tok[3:5], 16)); return {'\n': '\\n', '\t': '\\t', ' ': '␣'}.get(c, c)
     t = tok.replace('▁', ' ').replace('Ġ', ' ').replace('Ċ', '\\n')
@@ -90,7 +92,8 @@ def query_tokens(processor, # a colpali-engine processor
     ids = batch['input_ids'][0][batch['attention_mask'][0].bool()].tolist()
     tok = processor.tokenizer
     special = set(tok.all_special_ids)
-    n_prefix = len(tok(processor.query_prefix, add_special_tokens=False)['input_ids']) if getattr(processor, 'query_prefix', '') else 0
+    n_prefix = (len(tok(processor.query_prefix, add_special_tokens=False)['input_ids'])
+                if getattr(processor, 'query_prefix', '') else 0)
     labels, is_text, seen = [], [], 0
     for p in tok.convert_ids_to_tokens(ids):
         t = tok.convert_tokens_to_ids(p)
@@ -114,8 +117,9 @@ class PageMaps:
     grid: tuple         # (n_x, n_y)
 
     def token_map(self, i:int=-1)->np.ndarray:
-        "Map of query vector `i` scaled to [0, 1] (its own min..max); -1 (`ALL_TOKENS`): the contributions, scaled by their max."
-        if i is None or i == ALL_TOKENS: return self.contrib/self.contrib.max() if self.contrib.max() > 0 else np.zeros_like(self.contrib)
+        "Query vector `i`'s map scaled to [0, 1] (own min..max); -1 (`ALL_TOKENS`): contributions scaled by their max."
+        if i is None or i == ALL_TOKENS:
+            return self.contrib/self.contrib.max() if self.contrib.max() > 0 else np.zeros_like(self.contrib)
         m = self.maps[i]
         return (m - m.min())/(m.max() - m.min() + 1e-10)  # as colpali-engine's normalize_similarity_map
 
@@ -145,7 +149,8 @@ def page_maps(processor, # a colpali-engine processor
     if (n_made if grid is not None else len(mask)) != len(d):
         raise SimilarityMapError(f"the page has {len(d)} stored vectors, but its image makes "
                                  f"{n_made if grid is not None else len(mask)} with this processor: the image changed "
-                                 "since it was indexed, or another model built the index. Re-index the page (index.add) to draw its map.")
+                                 "since it was indexed, or another model built the index. "
+                                 "Re-index the page (index.add) to draw its map.")
     if grid is not None:   # the encoder knows where each patch's vector is (ColSmol's tiles included)
         ny, nx, pos = grid.n_rows, grid.n_cols, np.asarray(grid.positions).reshape(-1)
         mask = np.zeros(len(d), bool); mask[pos] = True
@@ -154,7 +159,8 @@ def page_maps(processor, # a colpali-engine processor
         nx, ny = processor_grid(processor, image.size, model)
         if mask.sum() != nx*ny:
             raise SimilarityMapError(f"{int(mask.sum())} image vectors do not fill the {nx} x {ny} patch grid that "
-                                     f"{type(processor).__name__}.get_n_patches gives for a {image.size[0]} x {image.size[1]} image.")
+                                     f"{type(processor).__name__}.get_n_patches gives for a "
+                                     f"{image.size[0]} x {image.size[1]} image.")
         maps = _grid_maps(processor, q, d, mask, nx, ny)
     sims = q @ d.T
     best = sims.max(axis=1)
@@ -168,7 +174,8 @@ def page_maps(processor, # a colpali-engine processor
     return PageMaps(list(lab), list(txt), maps, contrib, float(best.sum()), float(best[on_image].sum()), (nx, ny))
 
 # %% ../nbs/09_simmap.ipynb #ca1e8bea
-_CMAP_STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)  # viridis
+# viridis
+_CMAP_STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
 CMAP = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_CMAP_STOPS)), _CMAP_STOPS[:, c])
                  for c in range(3)], axis=1).astype(np.uint8)  # (256, 3) colour lookup table, low -> high
 
@@ -198,7 +205,8 @@ def _legend_html(pm:PageMaps, token:int)->str:
     "Colour bar and one sentence on what the current map shows."
     stops = ', '.join(f'rgb({r},{g},{b_})' for r, g, b_ in _CMAP_STOPS.astype(int))
     bar = (f'<div style="display:flex;align-items:center;gap:6px;font-size:12px"><span>low</span>'
-           f'<span style="display:inline-block;width:140px;height:10px;background:linear-gradient(to right, {stops})"></span>'
+           f'<span style="display:inline-block;width:140px;height:10px;'
+           f'background:linear-gradient(to right, {stops})"></span>'
            f'<span>high</span></div>')
     nx, ny = pm.grid
     if token == ALL_TOKENS:
@@ -250,13 +258,16 @@ class Explorer:
         self.button.on_click(lambda _: self.search(self.box.value) if self.box.value.strip() else None)
         top = widgets.HBox([self.box, self.button, self.progress, self.status], layout=widgets.Layout(
             align_items='center', flex_flow='row wrap', display='flex' if search_box else 'none'))
-        self.grid = widgets.GridBox([], layout=widgets.Layout(grid_gap='8px', margin='0 16px 8px 0', align_self='flex-start'))
+        self.grid = widgets.GridBox([], layout=widgets.Layout(grid_gap='8px', margin='0 16px 8px 0',
+                                                              align_self='flex-start'))
         self.caption, self.note, self.legend = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.token = widgets.Dropdown(description='Token', options=[('all tokens (MaxSim)', ALL_TOKENS)],
                                       layout=widgets.Layout(width='260px'))
         self.alpha = widgets.FloatSlider(value=0.6, min=0., max=1., step=0.05, description='Heatmap',
-                                         readout_format='.0%', continuous_update=False, layout=widgets.Layout(width='260px'))
-        self.image = widgets.Image(format='png', layout=widgets.Layout(max_width='100%', height='auto', object_fit='contain'))
+                                         readout_format='.0%', continuous_update=False,
+                                         layout=widgets.Layout(width='260px'))
+        self.image = widgets.Image(format='png',
+                                   layout=widgets.Layout(max_width='100%', height='auto', object_fit='contain'))
         self.token.observe(lambda _: self._render(), 'value')
         self.alpha.observe(lambda _: self._render(), 'value')
         controls = widgets.HBox([self.token, self.alpha], layout=widgets.Layout(flex_flow='row wrap'))
@@ -325,11 +336,13 @@ def _search(self:Explorer, query:str, gen:int, reraise:bool):
         self._step(3, '')
         self.progress.layout.visibility = 'hidden'
         self.status.value = (f'<span style="font-size:12px">{len(results)} pages for <b>{html.escape(query)}</b> '
-                             f'<span style="color:#777">({html.escape(str(self.index.encoder.model_name))})</span></span>')
+                             f'<span style="color:#777">({html.escape(str(self.index.encoder.model_name))})'
+                             f'</span></span>')
     except Exception as e:
         self.error = e
         self.progress.layout.visibility = 'hidden'
-        self.status.value = f'<span style="font-size:12px;color:#b00020">⚠ {html.escape(f"{type(e).__name__}: {e}")}</span>'
+        self.status.value = (f'<span style="font-size:12px;color:#b00020">'
+                             f'⚠ {html.escape(f"{type(e).__name__}: {e}")}</span>')
         if reraise: raise
     finally: self.button.disabled = False
 
@@ -341,7 +354,8 @@ def _show_results(self:Explorer, results):
     self.cards = [result_card(r, on_select=self._on_select(i), thumb_side=self.thumb_side)
                   for i, r in enumerate(self.results)]
     self.grid.children = self.cards
-    self.grid.layout.grid_template_columns = f'repeat({max(1, min(self.ncols, len(self.cards)))}, {self.thumb_side+24}px)'
+    self.grid.layout.grid_template_columns = (f'repeat({max(1, min(self.ncols, len(self.cards)))}, '
+                                              f'{self.thumb_side+24}px)')
     self.empty.value = '' if self.results else '<i>No results</i>'
     self.large.layout.display = 'flex' if self.results else 'none'
     self.selected = None
@@ -389,7 +403,8 @@ def _page_maps(self:Explorer, r:SearchResult)->tuple:
         grid = enc.patch_grid(img)
         if len(vecs) != grid.n_vectors and rows[r.page_id].get('n_vectors') == len(vecs) \
            and self.index.token_pool_factor > 1:   # the index keeps pooled vectors: map a fresh encoding of the page
-            vecs, note = enc.encode_images([img], progress=False)[0], 'map from the page encoded again (the index stores pooled vectors)'
+            vecs, note = (enc.encode_images([img], progress=False)[0],
+                          'map from the page encoded again (the index stores pooled vectors)')
         out = page_maps(enc.processor, self.query_vecs, vecs, img, enc.model, self.labels, grid), note
     except (SimilarityMapError, OSError, ValueError) as e:
         out = None, f'no similarity map: {e}'
@@ -440,7 +455,8 @@ def answer_html(text:str, # the answer so far
     for a, b, ns in citation_spans(text, n_pages):
         js = (f"event.preventDefault();var b=this.closest('.{panel_class}');b=b&&b.querySelector('.cm-cite-{ns[0]}');"
               "if(b)b.click();return false;") if panel_class else ''
-        out += [html.escape(text[at:a]), f'<a href="#" class="cm-cite-link" data-page="{ns[0]}" onclick="{html.escape(js)}" '
+        out += [html.escape(text[at:a]),
+                f'<a href="#" class="cm-cite-link" data-page="{ns[0]}" onclick="{html.escape(js)}" '
                 f'style="color:#1976d2;font-weight:600;text-decoration:none">{html.escape(text[a:b])}</a>']
         at = b
     out.append(html.escape(text[at:]))
@@ -454,7 +470,8 @@ def ask(self:Explorer, question:str, # the question, in plain words
     "Search for `question`, then stream the VLM's answer from the best `ask_k` pages into the Ask box."
     from colpali_milvus.ask import check_question
     question = check_question(question)
-    if self.vlm is None: raise ValueError("This explorer has no VLM: make it with vlm=... (a model, an endpoint URL or 'tiny-vlm').")
+    if self.vlm is None:
+        raise ValueError("This explorer has no VLM: make it with vlm=... (a model, an endpoint URL or 'tiny-vlm').")
     if self.question.value != question: self.question.value = question
     if self.background if background is None else background:
         self._ask_thread = threading.Thread(target=self._ask, args=(question, False), daemon=True)
@@ -495,12 +512,14 @@ def _ask(self:Explorer, question:str, reraise:bool):
         self._cite_buttons(pages)
         shown = 0.
         for _ in st:
-            if time.monotonic() - shown > 0.1: self.answer_html.value = answer_html(st.text, len(pages), self._ask_cls); shown = time.monotonic()
+            if time.monotonic() - shown > 0.1:
+                self.answer_html.value = answer_html(st.text, len(pages), self._ask_cls); shown = time.monotonic()
         self.answer = a = st.answer
         self.answer_html.value = answer_html(a.text, len(pages), self._ask_cls)
         self._cite_buttons(pages, a.cited)
         self._ask_note(f"{a.model} · first token {a.timings['first_token']:.1f} s · {a.timings['total']:.1f} s"
-                       + (' · TINY RANDOM VLM: this answer is meaningless' if a.is_tiny else ''), '#b00020' if a.is_tiny else '#555')
+                       + (' · TINY RANDOM VLM: this answer is meaningless' if a.is_tiny else ''),
+                       '#b00020' if a.is_tiny else '#555')
     except Exception as e:
         self.ask_error = e
         self._ask_note(f'⚠ {type(e).__name__}: {e}', '#b00020')

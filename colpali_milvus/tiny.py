@@ -61,8 +61,8 @@ def _prepare_folder(path)->Path:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: is a file, not a folder. Pass a new or empty folder.")
     if path.exists() and any(path.iterdir()) and not is_tiny_random(path):
-        raise FileExistsError(f"{path}: folder exists and is not a tiny colpali-milvus model; refusing to overwrite it. "
-                              "Pass an empty or new folder.")
+        raise FileExistsError(f"{path}: folder exists and is not a tiny colpali-milvus model; "
+                              "refusing to overwrite it. Pass an empty or new folder.")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -75,7 +75,7 @@ def _save_tiny(path:Path, model, proc, seed:int, family:str, builder:str, arch:s
     return path
 
 def _random_model(cls, cfg, seed:int, bias:str):
-    "`cls(cfg)` with weights drawn from `seed` (the caller's torch RNG untouched) and a small random `bias` projection bias."
+    "`cls(cfg)` with weights from `seed` (the caller's torch RNG untouched) and a small random `bias` projection bias."
     import torch
     setattr(cfg, TINY_MARKER, True)
     with torch.random.fork_rng(devices=[]):
@@ -142,14 +142,17 @@ def _build_tiny_colqwen(path, seed:int, v2_5:bool)->Path:
     from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
     path = _prepare_folder(path)
     tok = _byte_level_tokenizer(Qwen2Tokenizer, _QWEN_SPECIAL)
-    ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=32*28*28, patch_size=14, merge_size=2, temporal_patch_size=2)
+    ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=32*28*28, patch_size=14, merge_size=2,
+                               temporal_patch_size=2)
     proc_cls = M.ColQwen2_5_Processor if v2_5 else M.ColQwen2Processor
     proc = proc_cls(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor())
     vocab_size = -(-len(proc.tokenizer)//64)*64
     ids = {f'{k}_token_id': tok.convert_tokens_to_ids(f'<|{k}|>') for k in ('vision_start', 'vision_end')}
-    ids |= dict(image_token_id=tok.convert_tokens_to_ids('<|image_pad|>'), video_token_id=tok.convert_tokens_to_ids('<|video_pad|>'))
-    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                vocab_size=vocab_size, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    ids |= dict(image_token_id=tok.convert_tokens_to_ids('<|image_pad|>'),
+                video_token_id=tok.convert_tokens_to_ids('<|video_pad|>'))
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, vocab_size=vocab_size, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
                 rope_parameters=dict(rope_type='default', rope_theta=10000.0, mrope_section=[4, 6, 6]))
     vis = dict(depth=2, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     if v2_5:
@@ -173,7 +176,7 @@ def build_tiny_colqwen2(path, # folder to create (overwritten if it already hold
 def build_tiny_colqwen2_5(path, # folder to create (overwritten if it already holds a tiny model)
                           seed:int=0 # random seed for the weights: same seed, same model
                          )->Path:
-    "Build a tiny randomly initialised ColQwen2.5 + ColQwen2_5_Processor offline and `save_pretrained` both into `path`."
+    "Build a tiny random ColQwen2.5 + ColQwen2_5_Processor offline and `save_pretrained` both into `path`."
     return _build_tiny_colqwen(path, seed, v2_5=True)
 
 # %% ../nbs/03_tiny.ipynb #591af5d6
@@ -183,25 +186,27 @@ _SMOL_SPECIAL = (['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<end_of_uttera
 def build_tiny_colsmol(path, # folder to create (overwritten if it already holds a tiny model)
                        seed:int=0 # random seed for the weights: same seed, same model
                       )->Path:
-    "Build a tiny randomly initialised ColSmol (ColIdefics3) + ColIdefics3Processor offline and `save_pretrained` both into `path`."
+    "Build a tiny random ColSmol (ColIdefics3) + ColIdefics3Processor offline and `save_pretrained` both into `path`."
     from colpali_engine.models import ColIdefics3, ColIdefics3Processor
     from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ImageProcessor
     path = _prepare_folder(path)
     tile, patch, shuffle = 56, 7, 2
     tok = _byte_level_tokenizer(GPT2Tokenizer, _SMOL_SPECIAL, bos_token='<|im_start|>', eos_token='<end_of_utterance>',
                                 pad_token='<|im_end|>', unk_token='<|endoftext|>')
-    ip = Idefics3ImageProcessor(size={'longest_edge': 2*tile}, max_image_size={'longest_edge': tile}, do_image_splitting=True)
+    ip = Idefics3ImageProcessor(size={'longest_edge': 2*tile}, max_image_size={'longest_edge': tile},
+                                do_image_splitting=True)
     proc = ColIdefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(tile//patch//shuffle)**2)
     vocab_size = -(-len(proc.tokenizer)//64)*64
     cfg = Idefics3Config(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=tile, patch_size=patch),
-        text_config=dict(model_type='llama', hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, vocab_size=vocab_size, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        text_config=dict(model_type='llama', hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, vocab_size=vocab_size,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
         scale_factor=shuffle, image_token_id=proc.image_token_id, use_cache=False)
     model = _random_model(ColIdefics3, cfg, seed, 'linear')
-    return _save_tiny(path, model, proc, seed, 'ColSmol', 'build_tiny_colsmol', 'Idefics3: SigLIP + Llama + 128-d projection')
+    return _save_tiny(path, model, proc, seed, 'ColSmol', 'build_tiny_colsmol',
+                      'Idefics3: SigLIP + Llama + 128-d projection')
 
 # %% ../nbs/03_tiny.ipynb #18b79461
 TINY_BUILDERS = {'colpali': build_tiny_colpali, 'colqwen2': build_tiny_colqwen2,

@@ -1,5 +1,6 @@
-"""`ColPaliIndex.ask` end to end in process: the sample PDF indexed with the tiny ColPali, answered by tiny random VLMs
-of two families (Qwen2-VL, SmolVLM/Idefics3) loaded through the real `from_pretrained` path; and each bad input's error."""
+"""`ColPaliIndex.ask` end to end in process: the sample PDF indexed with the tiny ColPali, answered by tiny random
+VLMs of two families (Qwen2-VL, SmolVLM/Idefics3) loaded through the real `from_pretrained` path; and each bad
+input's error."""
 import json
 import shutil
 import warnings
@@ -86,7 +87,8 @@ def test_streaming_and_image_tokens_grow_with_k(index, vlm_dirs):
     assert one.timings['first_token'] <= one.timings['total']
     assert len(three.pages) == 3 and three.image_tokens > 2*one.image_tokens, (one.image_tokens, three.image_tokens)
     # the VLM is loaded once and reused: the second question did not load it again
-    assert index._vlm(str(vlm_dirs['qwen2-vl']), {'max_new_tokens': 6}) is index._vlm(str(vlm_dirs['qwen2-vl']), {'max_new_tokens': 6})
+    assert (index._vlm(str(vlm_dirs['qwen2-vl']), {'max_new_tokens': 6})
+            is index._vlm(str(vlm_dirs['qwen2-vl']), {'max_new_tokens': 6}))
 
 
 def test_markers_map_to_pages():
@@ -100,7 +102,8 @@ def test_empty_question_and_bad_k(index, vlm_dirs):
     with pytest.raises(ValueError, match='question is empty'): index.ask('   ', vlm=str(vlm_dirs['smolvlm']))
     with pytest.raises(TypeError, match='must be a string'): index.ask(None, vlm=str(vlm_dirs['smolvlm']))
     for k in (0, -1, 1.5):
-        with pytest.raises(ValueError, match='k must be a positive int'): index.ask(Q, k=k, vlm=str(vlm_dirs['smolvlm']))
+        with pytest.raises(ValueError, match='k must be a positive int'):
+            index.ask(Q, k=k, vlm=str(vlm_dirs['smolvlm']))
     with pytest.raises(ValueError, match=r'k=9 pages is more than a VLM is given \(max_pages=8\)'):
         index.ask(Q, k=9, vlm=str(vlm_dirs['smolvlm']))
 

@@ -28,7 +28,8 @@ def wait_up(proc, url:str, log:Path, timeout:float=120.):
     import urllib.request
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None: raise RuntimeError(f'transformers serve exited {proc.returncode}:\n{log.read_text()[-3000:]}')
+        if proc.poll() is not None:
+            raise RuntimeError(f'transformers serve exited {proc.returncode}:\n{log.read_text()[-3000:]}')
         try:
             with urllib.request.urlopen(url + '/models', timeout=2) as r:
                 if r.status == 200: return
@@ -44,7 +45,8 @@ def served(tmp_path_factory):
     port, log = free_port(), root/'serve.log'
     env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
     with open(log, 'w') as f:
-        proc = subprocess.Popen([str(SERVE), 'serve', str(model), '--host', '127.0.0.1', '--port', str(port), '--device', 'cpu'],
+        proc = subprocess.Popen([str(SERVE), 'serve', str(model), '--host', '127.0.0.1', '--port', str(port),
+                                 '--device', 'cpu'],
                                 stdout=f, stderr=subprocess.STDOUT, env=env)
     url = f'http://127.0.0.1:{port}/v1'
     try:

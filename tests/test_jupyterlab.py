@@ -37,8 +37,8 @@ from colpali_milvus.index import ColPaliIndex
 from colpali_milvus.ask import load_vlm
 index = ColPaliIndex('lab.db', model={model!r})
 index.add(data_path('sample.pdf'), progress=False)
-ex = index.explore(k={k}, ncols=2, thumb_side=110, large_side=420, vlm=load_vlm({vlm!r}, device='cpu', max_new_tokens=24),
-                   ask_k={ask_k})
+ex = index.explore(k={k}, ncols=2, thumb_side=110, large_side=420,
+                   vlm=load_vlm({vlm!r}, device='cpu', max_new_tokens=24), ask_k={ask_k})
 ex"""
 
 STATE_JS = """
@@ -52,7 +52,8 @@ return {n_img: imgs.length, srcs: imgs.map(i => i.src), painted: imgs.every(i =>
         n_options: sel ? sel.options.length : 0,
         cites: Array.from(document.querySelectorAll('.jp-OutputArea button[class*="cm-cite-"]')).map(T),
         links: Array.from(document.querySelectorAll('.jp-OutputArea a.cm-cite-link')).map(a => a.dataset.page),
-        errors: Array.from(document.querySelectorAll('.jp-OutputArea [data-mime-type="application/vnd.jupyter.stderr"]')).map(T)};
+        errors: Array.from(document.querySelectorAll(
+            '.jp-OutputArea [data-mime-type="application/vnd.jupyter.stderr"]')).map(T)};
 """
 
 
@@ -76,23 +77,28 @@ def lab(tmp_path_factory, tiny_model_dir):
     notif.parent.mkdir(parents=True)
     notif.write_text(json.dumps({'fetchNews': 'false', 'checkForUpdates': False}))  # no news toast over the page
     token, port = os.urandom(16).hex(), free_port()
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'JUPYTER_CONFIG_DIR': str(conf), 'JUPYTER_RUNTIME_DIR': str(work/'.runtime'),
-           'JUPYTERLAB_SETTINGS_DIR': str(conf/'lab'/'user-settings'), 'JUPYTERLAB_WORKSPACES_DIR': str(conf/'lab'/'workspaces'),
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'JUPYTER_CONFIG_DIR': str(conf),
+           'JUPYTER_RUNTIME_DIR': str(work/'.runtime'),
+           'JUPYTERLAB_SETTINGS_DIR': str(conf/'lab'/'user-settings'),
+           'JUPYTERLAB_WORKSPACES_DIR': str(conf/'lab'/'workspaces'),
            'PYTHONPATH': os.pathsep.join([str(HERE.parent), os.environ.get('PYTHONPATH', '')])}
     log = open(work/'lab.log', 'w')
     proc = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', '--ip=127.0.0.1', f'--port={port}',
-                             f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={work}', '--ServerApp.port_retries=0']
+                             f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={work}',
+                             '--ServerApp.port_retries=0']
                             + (['--allow-root'] if hasattr(os, 'geteuid') and os.geteuid() == 0 else []),
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     url = f'http://127.0.0.1:{port}'
     try:
         t0 = time.monotonic()
         while True:
-            if proc.poll() is not None: raise RuntimeError(f'JupyterLab exited {proc.returncode}:\n{(work/"lab.log").read_text()[-3000:]}')
+            if proc.poll() is not None:
+                raise RuntimeError(f'JupyterLab exited {proc.returncode}:\n{(work/"lab.log").read_text()[-3000:]}')
             try:
                 with urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=2): break
             except OSError:
-                if time.monotonic() - t0 > 120: raise RuntimeError(f'JupyterLab did not start:\n{(work/"lab.log").read_text()[-3000:]}')
+                if time.monotonic() - t0 > 120:
+                    raise RuntimeError(f'JupyterLab did not start:\n{(work/"lab.log").read_text()[-3000:]}')
                 time.sleep(0.5)
         yield url, token, work
     finally:
@@ -160,7 +166,8 @@ def large_caption(s:dict)->str:
 
 def click_button(drv, text:str, nth:int=0):
     from selenium.webdriver.common.by import By
-    bs = [b for b in drv.find_elements(By.CSS_SELECTOR, '.jp-OutputArea button.jupyter-button') if b.text.strip() == text]
+    bs = [b for b in drv.find_elements(By.CSS_SELECTOR, '.jp-OutputArea button.jupyter-button')
+          if b.text.strip() == text]
     bs[nth].click()
 
 
@@ -182,7 +189,8 @@ def test_explorer_live_in_jupyterlab(lab, truth, browser):
     ActionChains(drv).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
 
     # the explorer appears, waiting for a query
-    s = wait(drv, lambda s: 'Search' in s['buttons'] and 'Ask' in s['buttons'] and any('Type a query' in h for h in s['html']),
+    s = wait(drv, lambda s: 'Search' in s['buttons'] and 'Ask' in s['buttons']
+             and any('Type a query' in h for h in s['html']),
              'explorer', timeout=240)
     shot(drv, '1-explorer')
     boxes = drv.find_elements(By.CSS_SELECTOR, '.jp-OutputArea .widget-text input')
@@ -190,18 +198,21 @@ def test_explorer_live_in_jupyterlab(lab, truth, browser):
 
     # type a query, press Search: the gallery shows that query's pages in rank order, the first one large
     boxes[0].send_keys(Q1); click_button(drv, 'Search')
-    s = wait(drv, lambda s: captions(s) == truth[Q1] and s['painted'] and s['n_img'] == K + 1, 'results of the first query')
+    s = wait(drv, lambda s: captions(s) == truth[Q1] and s['painted'] and s['n_img'] == K + 1,
+             'results of the first query')
     assert large_caption(s).startswith('#1 ') and any(f'{K} pages for {Q1}' in h for h in s['html'])
     shot(drv, '2-search')
     boxes[0].clear(); boxes[0].send_keys(Q2); click_button(drv, 'Search')
-    s = wait(drv, lambda s: any(f'pages for {Q2}' in h for h in s['html']) and captions(s) == truth[Q2] and s['painted'],
+    s = wait(drv, lambda s: any(f'pages for {Q2}' in h for h in s['html']) and captions(s) == truth[Q2]
+             and s['painted'],
              'results of the second query')
     shot(drv, '3-search-again')
 
     # click the third thumbnail: the large view and its heatmap change to that page
     before = s['srcs'][-1]
     click_button(drv, 'View page', 2)
-    s = wait(drv, lambda s: large_caption(s).startswith('#3 ') and s['srcs'][-1] != before and s['painted'], 'third page large')
+    s = wait(drv, lambda s: large_caption(s).startswith('#3 ') and s['srcs'][-1] != before and s['painted'],
+             'third page large')
     assert large_caption(s).endswith(f'p. {truth[Q2][2]}')
     shot(drv, '4-thumbnail')
 
@@ -215,13 +226,14 @@ def test_explorer_live_in_jupyterlab(lab, truth, browser):
 
     # Ask: the question is searched, the answer streams in, one citation button per page given
     boxes[1].send_keys(QUESTION); click_button(drv, 'Ask')
-    s = wait(drv, lambda s: any('first token' in h for h in s['html']) and len(s['cites']) == ASK_K, 'answer', timeout=180)
+    s = wait(drv, lambda s: any('first token' in h for h in s['html']) and len(s['cites']) == ASK_K,
+             'answer', timeout=180)
     assert captions(s) == truth[QUESTION], 'the gallery shows the pages the VLM was given'
     assert boxes[0].get_attribute('value') == QUESTION
     assert s['cites'] == [f'[{n}] p. {p}' for n, p in enumerate(truth[QUESTION][:ASK_K], 1)]
     assert any('TINY RANDOM VLM' in h for h in s['html'])
-    answer = next(h for h in s['html'] if h and not h.startswith('#') and 'first token' not in h and 'pages for' not in h
-                  and not h.startswith('All tokens') and not h.startswith('Token'))
+    answer = next(h for h in s['html'] if h and not h.startswith('#') and 'first token' not in h
+                  and 'pages for' not in h and not h.startswith('All tokens') and not h.startswith('Token'))
     assert answer, 'an answer is shown'
     shot(drv, '6-answer')
 
@@ -231,6 +243,7 @@ def test_explorer_live_in_jupyterlab(lab, truth, browser):
     if '2' in s['links']:
         drv.find_element(By.CSS_SELECTOR, '.jp-OutputArea a.cm-cite-link[data-page="2"]').click()
     else: drv.find_element(By.CSS_SELECTOR, '.jp-OutputArea button.cm-cite-2').click()
-    s = wait(drv, lambda s: large_caption(s).startswith('#2 ') and s['srcs'][-1] != before and s['painted'], 'cited page large')
+    s = wait(drv, lambda s: large_caption(s).startswith('#2 ') and s['srcs'][-1] != before and s['painted'],
+             'cited page large')
     assert large_caption(s).endswith(f'p. {truth[QUESTION][1]}')
     shot(drv, '7-citation')
