@@ -207,33 +207,34 @@ def search_queries(words:list, # the positional words: one query, joined by spac
     return queries
 
 # %% ../nbs/08_cli.ipynb #893249e5
-def _index_cmd(idx, a)->int:
+def _index_cmd(idx, args)->int:
     "Run `colpali-milvus index`; exit status 1 when some files could not be indexed."
     meta = None
-    if a.metadata is not None:
-        try: meta = json.loads(a.metadata)
+    if args.metadata is not None:
+        try: meta = json.loads(args.metadata)
         except ValueError as e:
             raise ValueError(f"--metadata must be a JSON object, e.g. '{{\"year\": 2024}}': {e}") from None
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the report below lists the failed files
-        rep = idx.add(a.paths, on_error='skip' if a.skip_errors else 'raise', password=a.password, metadata=meta,
-                      progress=not a.no_progress)
+        rep = idx.add(args.paths, on_error='skip' if args.skip_errors else 'raise', password=args.password,
+                      metadata=meta,
+                      progress=not args.no_progress)
     for src, msg in rep.errors.items(): print(f"colpali-milvus: skipped {msg}", file=sys.stderr)
-    print(f"Encoded {len(rep)} new pages; {len(idx)} pages in {a.db}:{a.collection} (model {idx.model}); "
+    print(f"Encoded {len(rep)} new pages; {len(idx)} pages in {args.db}:{args.collection} (model {idx.model}); "
           f"{len(rep.unchanged)} files unchanged, {len(rep.errors)} failed.")
     return 1 if rep.errors else 0
 
 # %% ../nbs/08_cli.ipynb #f412adde
-def _ask_cmd(idx, a)->int:
+def _ask_cmd(idx, args)->int:
     "Run `colpali-milvus ask`: stream the answer, then the cited pages (or the answer as JSON)."
     from colpali_milvus.ask import TINY_VLM_BANNER
-    kw = dict(k=a.k, vlm=a.vlm, sources=a.source, where=parse_where(a.where), max_pixels=a.max_pixels,
-              max_new_tokens=a.max_new_tokens, api_key_env=a.api_key_env,
-              **({'model': a.vlm_model} if a.vlm_model else {}))
+    kw = dict(k=args.k, vlm=args.vlm, sources=args.source, where=parse_where(args.where), max_pixels=args.max_pixels,
+              max_new_tokens=args.max_new_tokens, api_key_env=args.api_key_env,
+              **({'model': args.vlm_model} if args.vlm_model else {}))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the tiny models' warnings: the banner says it louder
-        st = idx.ask_stream(' '.join(a.question), **kw)
-        if a.json: print(json.dumps(st.answer.to_dict(), indent=1)); return 0
+        st = idx.ask_stream(' '.join(args.question), **kw)
+        if args.json: print(json.dumps(st.answer.to_dict(), indent=1)); return 0
         if st.is_tiny: print(TINY_VLM_BANNER + '\n', file=sys.stderr, flush=True)
         for piece in st: print(piece, end='', flush=True)
     ans = st.answer
@@ -244,27 +245,29 @@ def _ask_cmd(idx, a)->int:
 def main(argv:list|None=None # arguments (default: sys.argv[1:])
         )->int:
     "Entry point of the `colpali-milvus` command."
-    a = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
-        if a.cmd == 'demo': run_demo(a.db, a.model, a.k, vlm=a.vlm); return 0
+        if args.cmd == 'demo': run_demo(args.db, args.model, args.k, vlm=args.vlm); return 0
         from colpali_milvus.index import ColPaliIndex
-        idx = ColPaliIndex(a.db, a.collection, model=a.model, token=a.token, device=a.device,
-                           **({'pages_dir': a.pages_dir, 'batch_size': a.batch_size} if a.cmd == 'index' else {}))
+        idx = ColPaliIndex(args.db, args.collection, model=args.model, token=args.token, device=args.device,
+                           **({'pages_dir': args.pages_dir, 'batch_size': args.batch_size}
+                              if args.cmd == 'index' else {}))
         rc = 0
         try:
-            if a.cmd == 'index': rc = _index_cmd(idx, a)
-            elif a.cmd == 'ask': rc = _ask_cmd(idx, a)
-            elif a.cmd == 'search':
-                queries = search_queries(a.query, a.more, a.queries_file)
-                res = idx.search(queries, k=a.k, sources=a.source, where=parse_where(a.where), documents=a.documents)
-                fmt = format_documents if a.documents else format_results
-                if a.json:
+            if args.cmd == 'index': rc = _index_cmd(idx, args)
+            elif args.cmd == 'ask': rc = _ask_cmd(idx, args)
+            elif args.cmd == 'search':
+                queries = search_queries(args.query, args.more, args.queries_file)
+                res = idx.search(queries, k=args.k, sources=args.source, where=parse_where(args.where),
+                                 documents=args.documents)
+                fmt = format_documents if args.documents else format_results
+                if args.json:
                     print(json.dumps([results_json(q, r) for q, r in zip(queries, res)], indent=1, ensure_ascii=False))
                 else: print('\n\n'.join(fmt(q, r) for q, r in zip(queries, res)))
-            elif a.cmd == 'remove':
-                n = idx.remove(a.paths)
-                print(f"Removed {n} pages; {len(idx)} pages left in {a.db}:{a.collection}.")
-            elif a.cmd == 'info':
+            elif args.cmd == 'remove':
+                n = idx.remove(args.paths)
+                print(f"Removed {n} pages; {len(idx)} pages left in {args.db}:{args.collection}.")
+            elif args.cmd == 'info':
                 print(json.dumps({**idx.info(), 'sources': idx.sources()}, indent=1, ensure_ascii=False))
         finally: idx.close()
         return rc

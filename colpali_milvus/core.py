@@ -11,20 +11,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['ColPaliMilvusError', 'PDFError', 'PopplerMissingError', 'ModelUnavailableError', 'DimensionMismatchError',
-           'CollectionNotFoundError', 'DatabaseLockedError', 'MilvusUnavailableError', 'ModelMismatchError',
-           'SourceNotFoundError', 'file_sha256', 'PageRecord', 'SearchResult', 'DocumentResult', 'AddReport',
-           'data_path', 'cpu_has_fast_bf16', 'positive_int']
+__all__ = ['PDFError', 'ColPaliMilvusError', 'SourceFileError', 'PopplerMissingError', 'ModelUnavailableError',
+           'DimensionMismatchError', 'CollectionNotFoundError', 'DatabaseLockedError', 'MilvusUnavailableError',
+           'ModelMismatchError', 'SourceNotFoundError', 'file_sha256', 'PageRecord', 'SearchResult', 'DocumentResult',
+           'AddReport', 'data_path', 'cpu_has_fast_bf16', 'positive_int']
 
 # %% ../nbs/00_core.ipynb #879ec843
 class ColPaliMilvusError(Exception):
     "Base class of every error colpali-milvus raises on purpose."
 
-class PDFError(ColPaliMilvusError, ValueError):
-    "A PDF (or image) that cannot be turned into pages."
+class SourceFileError(ColPaliMilvusError, ValueError):
+    "A source file (PDF or image) or page image that cannot be read, rendered or stored."
     def __init__(self, path, reason:str, hint:str=''):
         self.path, self.reason, self.hint = str(path), reason, hint
         super().__init__(f"{path}: {reason}" + (f" {hint}" if hint else ''))
+
+PDFError = SourceFileError   # its name before it covered images and paths too: `except PDFError` still works
 
 class PopplerMissingError(ColPaliMilvusError, RuntimeError):
     "poppler's `pdftoppm`/`pdfinfo` are not installed."

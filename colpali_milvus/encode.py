@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
-from .core import ColPaliMilvusError, ModelUnavailableError, PDFError, cpu_has_fast_bf16, positive_int
+from colpali_milvus.core import (
+    ColPaliMilvusError,
+    ModelUnavailableError,
+    SourceFileError,
+    cpu_has_fast_bf16,
+    positive_int,
+)
 from .rasterize import to_rgb
 
 if TYPE_CHECKING:
@@ -271,9 +277,10 @@ def load_image(x)->'Image.Image':
             im.load()
             return to_rgb(im)
     except FileNotFoundError:
-        raise PDFError(path, 'does not exist.', 'Check the path, or rasterize the PDF again.') from None
+        raise SourceFileError(path, 'does not exist.', 'Check the path, or rasterize the PDF again.') from None
     except (UnidentifiedImageError, OSError) as e:
-        raise PDFError(path, f'cannot be read as an image ({e}).', 'Pass a PNG or JPEG file, or a PIL image.') from None
+        raise SourceFileError(path, f'cannot be read as an image ({e}).',
+                              'Pass a PNG or JPEG file, or a PIL image.') from None
 
 # %% ../nbs/02_encode.ipynb #1cfe652a
 class TinyModelWarning(UserWarning):

@@ -22,8 +22,8 @@ from colpali_milvus.core import (
     DocumentResult,
     ModelMismatchError,
     PageRecord,
-    PDFError,
     SearchResult,
+    SourceFileError,
     SourceNotFoundError,
     positive_int,
 )
@@ -207,13 +207,13 @@ def _display(path)->str:
     return os.fsencode(str(path)).decode('utf-8', 'backslashreplace')
 
 def _check_storable(path:Path):
-    "Raise `PDFError` for a path the index cannot store (not UTF-8, or longer than Milvus' 4096-byte field)."
+    "Raise `SourceFileError` for a path the index cannot store (not UTF-8, or longer than Milvus' 4096-byte field)."
     try: n = len(str(path).encode('utf-8'))
     except UnicodeEncodeError:
-        raise PDFError(_display(path), 'has a name that is not valid UTF-8, which the index cannot store.',
+        raise SourceFileError(_display(path), 'has a name that is not valid UTF-8, which the index cannot store.',
                        'Rename it (e.g. `convmv -f latin1 -t utf8 --notest FILE`).') from None
     if n > 4096:
-        raise PDFError(_display(path), f'has a {n}-byte path; the index stores at most 4096.',
+        raise SourceFileError(_display(path), f'has a {n}-byte path; the index stores at most 4096.',
                        'Move it to a shorter path.')
 
 def _check_metadata(metadata)->dict|None:
@@ -292,9 +292,9 @@ def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of th
         warnings.warn(f"Skipping {e}", stacklevel=4)
     sources = []
     for f in iter_inputs(paths, self.pages_dir):
-        if isinstance(f, PDFError): failed(f.path, f); continue
+        if isinstance(f, SourceFileError): failed(f.path, f); continue
         try: _check_storable(f); sources.append(probe(f, password))
-        except PDFError as e: failed(f, e)
+        except SourceFileError as e: failed(f, e)
     if not sources: return report
     self._ensure_collection()
     self._check_dim(self.encoder.dim)
@@ -310,8 +310,9 @@ def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of th
             try:
                 if relabel: self._relabel(relabel, metadata)
                 if todo: report += self._add_file(src, todo, metadata, password, chunk, bar)
-            except (PDFError, DimensionMismatchError, ValueError) as e:
-                failed(src.path, e if isinstance(e, PDFError) else PDFError(name, f'could not be indexed: {e}'))
+            except (SourceFileError, DimensionMismatchError, ValueError) as e:
+                failed(src.path, e if isinstance(e, SourceFileError)
+                       else SourceFileError(name, f'could not be indexed: {e}'))
                 continue
             if todo: report.indexed[name] = len(todo)
             old = by_source.get(name, {})

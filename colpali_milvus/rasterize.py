@@ -21,7 +21,7 @@ from pdf2image import convert_from_path, pdfinfo_from_path
 from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFPopplerTimeoutError
 from PIL import Image, ImageOps
 
-from .core import PageRecord, PDFError, PopplerMissingError, file_sha256, positive_int
+from .core import PageRecord, PopplerMissingError, SourceFileError, file_sha256, positive_int
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'PDF_EXTS', 'POPPLER_INSTALL', 'find_inputs', 'pdf_page_count', 'rasterize_pdf', 'to_rgb',
@@ -55,8 +55,8 @@ def find_inputs(paths, # a file or folder (str or Path), or a list of them
         if p.is_dir(): found = sorted(_walk(p, recursive), key=lambda f: f.relative_to(p).parts)
         elif p.exists(): found = [p]
         elif p.is_symlink():
-            raise PDFError(p, 'is a broken symbolic link.', f'Its target {os.readlink(p)} does not exist.')
-        else: raise PDFError(p, 'does not exist.', f'Check the path (relative paths start from {Path.cwd()}).')
+            raise SourceFileError(p, 'is a broken symbolic link.', f'Its target {os.readlink(p)} does not exist.')
+        else: raise SourceFileError(p, 'does not exist.', f'Check the path (relative paths start from {Path.cwd()}).')
         for f in found:
             if (r := f.resolve()) not in seen: seen.add(r); out.append(r)
     return out
@@ -90,20 +90,21 @@ def _check_source(path, # file to check
                  )->bytes:
     "The first 1024 bytes of `path`, after checking it is a readable, non-empty (PDF) file."
     p = Path(path)
-    if not p.exists(): raise PDFError(p, 'does not exist.', f'Check the path (relative paths start from {Path.cwd()}).')
-    if not p.is_file(): raise PDFError(p, 'is not a regular file.', 'Pass a PDF, an image or a folder of them.')
+    if not p.exists():
+        raise SourceFileError(p, 'does not exist.', f'Check the path (relative paths start from {Path.cwd()}).')
+    if not p.is_file(): raise SourceFileError(p, 'is not a regular file.', 'Pass a PDF, an image or a folder of them.')
     try:
         with open(p, 'rb') as f: head = f.read(1024)
     except OSError as e:
         hint = ('Check its permissions.' if isinstance(e, PermissionError) else
                 'Check the disk or file system it lies on.')
-        raise PDFError(p, f'cannot be read ({e.strerror}).', hint) from None
-    if not head: raise PDFError(p, 'is empty (0 bytes).', 'Re-download or re-export it.')
+        raise SourceFileError(p, f'cannot be read ({e.strerror}).', hint) from None
+    if not head: raise SourceFileError(p, 'is empty (0 bytes).', 'Re-download or re-export it.')
     if pdf and b'%PDF-' not in head:
         kind = _file_kind(head)
         hint = ('Give it its real extension to index it as an image.' if kind.endswith(' image') else
                 f"Only PDFs and images ({', '.join(IMAGE_EXTS)}) can be indexed; convert it to PDF first.")
-        raise PDFError(p, f'is not a PDF (no %PDF- header in its first 1024 bytes; it looks like {kind}).', hint)
+        raise SourceFileError(p, f'is not a PDF (no %PDF- header in its first 1024 bytes; it looks like {kind}).', hint)
     return head
 
 # %% ../nbs/01_rasterize.ipynb #51a0cdce
@@ -127,30 +128,30 @@ def _needs_password(path, password=None)->bool:
         return bool(r.is_encrypted) and not r.decrypt(password or '')
     except Exception: return False
 
-def _poppler_error(path, stderr:str, password=None)->PDFError:
-    "The `PDFError` for poppler's `stderr` about `path`."
+def _poppler_error(path, stderr:str, password=None)->SourceFileError:
+    "The `SourceFileError` for poppler's `stderr` about `path`."
     msg = stderr.replace('Unable to get page count.', '').strip()
     if 'Incorrect password' in msg or _needs_password(path, password):
         if password is None:
-            return PDFError(path, 'is encrypted and needs a password to open.',
+            return SourceFileError(path, 'is encrypted and needs a password to open.',
                             'Pass password=... (its user or owner password).')
-        return PDFError(path, 'is encrypted and the password given does not open it.',
+        return SourceFileError(path, 'is encrypted and the password given does not open it.',
                         'Check the password (the user or the owner password works).')
     if 'page count 0' in msg or 'last page (0)' in msg:
-        return PDFError(path, 'has no pages.', 'There is nothing to index in it; re-export it or leave it out.')
+        return SourceFileError(path, 'has no pages.', 'There is nothing to index in it; re-export it or leave it out.')
     detail = '; '.join(dict.fromkeys(line.split(': ', 1)[-1].strip() for line in msg.splitlines() if line.strip()))
-    return PDFError(path, f"is corrupt or truncated: poppler cannot read it ({detail[:300] or 'no details'}).",
+    return SourceFileError(path, f"is corrupt or truncated: poppler cannot read it ({detail[:300] or 'no details'}).",
                     'Re-download or re-export it, or repair it (e.g. `qpdf broken.pdf fixed.pdf`).')
 
 # %% ../nbs/01_rasterize.ipynb #3c507f99
 def _pdfinfo(path, password:str|None=None, timeout:int=120)->dict:
-    "poppler's `pdfinfo` fields for the PDF at `path`, with its problems as `PDFError`s."
+    "poppler's `pdfinfo` fields for the PDF at `path`, with its problems as `SourceFileError`s."
     _check_source(path); _require_poppler()
     try: info = pdfinfo_from_path(str(path), userpw=password, ownerpw=password, timeout=timeout)
     except PDFInfoNotInstalledError:
         raise PopplerMissingError(f"poppler's pdfinfo cannot be run. {POPPLER_INSTALL}") from None
     except PDFPopplerTimeoutError:
-        raise PDFError(path, f'took more than {timeout} s to open.',
+        raise SourceFileError(path, f'took more than {timeout} s to open.',
                        'It may be damaged or huge; check it in a viewer.') from None
     except PDFPageCountError as e: raise _poppler_error(path, str(e), password) from None
     if not info.get('Pages'): raise _poppler_error(path, 'Invalid page count 0', password)
@@ -159,7 +160,7 @@ def _pdfinfo(path, password:str|None=None, timeout:int=120)->dict:
 def pdf_page_count(path, # a PDF file
                    password:str|None=None # user or owner password of an encrypted PDF
                   )->int:
-    "Number of pages of the PDF at `path`, or a `PDFError` saying why it cannot be read."
+    "Number of pages of the PDF at `path`, or a `SourceFileError` saying why it cannot be read."
     return _pdfinfo(path, password)['Pages']
 
 # %% ../nbs/01_rasterize.ipynb #6a99ae71
@@ -274,7 +275,7 @@ def _render_poppler(path:Path, folder:Path, pages:list[int], info:dict, max_size
             except (PDFInfoNotInstalledError, FileNotFoundError): _require_poppler(); raise
             except PDFPageCountError as e: raise _poppler_error(path, str(e), password) from None
             if len(ims) != last - first + 1:
-                raise PDFError(path, f'is corrupt: poppler rendered {len(ims)} of its pages {first}-{last}.',
+                raise SourceFileError(path, f'is corrupt: poppler rendered {len(ims)} of its pages {first}-{last}.',
                                'Re-download or re-export it.')
             for s in saving: s.result()  # at most two chunks in memory
             saving = [pool.submit(_save_png, im, folder/_page_name(first+i)) for i, im in enumerate(ims)]
@@ -335,7 +336,7 @@ def _load_image(path:Path, max_size:int=1024)->Image.Image:
             im.draft('RGB', (max_size, max_size))  # JPEG: decode at a reduced scale, still >= max_size
             im = to_rgb(ImageOps.exif_transpose(im))
     except Exception as e:
-        raise PDFError(path, f'is not a readable image ({type(e).__name__}: {e}).',
+        raise SourceFileError(path, f'is not a readable image ({type(e).__name__}: {e}).',
                        'Re-export it as PNG or JPEG.') from None
     im.thumbnail((max_size, max_size), Image.LANCZOS)
     return im
@@ -349,7 +350,7 @@ def rasterize_image(path, # an image file
     _check_args(max_size)
     path = Path(path).expanduser().resolve()
     if b'%PDF-' in _check_source(path, pdf=False):
-        raise PDFError(path, 'is a PDF, not an image.', 'Use rasterize_pdf() or rasterize().')
+        raise SourceFileError(path, 'is a PDF, not an image.', 'Use rasterize_pdf() or rasterize().')
     sha = file_sha256(path)
     folder = _page_folder(path, sha, pages_dir)
     if _pages_to_render(folder, 1, {'kind': 'image', 'pages': 1, 'max_size': max_size}):
@@ -370,12 +371,12 @@ def iter_inputs(paths, # a file or folder, or a list of them
                 pages_dir=None, # files inside this folder (rendered pages) are never inputs
                 recursive:bool=True # search sub-folders of folders too
                ):
-    "Each input file once (absolute path, in order), or the `PDFError` of a path that cannot be used."
+    "Each input file once (absolute path, in order), or the `SourceFileError` of a path that cannot be used."
     if isinstance(paths, (str, os.PathLike)): paths = [paths]
     root, seen = (Path(pages_dir).expanduser().resolve() if pages_dir is not None else None), set()
     for p in paths:
         try: files = find_inputs(p, recursive)
-        except PDFError as e: yield e; continue
+        except SourceFileError as e: yield e; continue
         if Path(p).expanduser().is_dir():
             if root is not None: files = [f for f in files if not f.is_relative_to(root)]
             if not files:
@@ -400,9 +401,9 @@ def rasterize(paths, # a file or folder, or a list of them
         if on_error == 'raise': raise e
         warnings.warn(f'Skipping {e}', stacklevel=3)
     for f in iter_inputs(paths, pages_dir):
-        if isinstance(f, PDFError): _failed(f); continue
+        if isinstance(f, SourceFileError): _failed(f); continue
         try: records += _rasterize_file(f, pages_dir, max_size, dpi, thread_count, password)
-        except PDFError as e: _failed(e)
+        except SourceFileError as e: _failed(e)
     return records
 
 # %% ../nbs/01_rasterize.ipynb #1dca1922

@@ -16,7 +16,7 @@ from pathlib import Path
 import ipywidgets as widgets
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from .core import PDFError, SearchResult, positive_int
+from .core import SearchResult, SourceFileError, positive_int
 from .rasterize import to_rgb
 
 # %% auto #0
@@ -34,7 +34,7 @@ def _png_cached(path:str, mtime_ns:int, size:int, max_side:int)->bytes:
             im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS) # keeps aspect, never upscales
             buf = io.BytesIO(); im.save(buf, format='PNG')
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise PDFError(path, f'cannot be read as an image ({e}).',
+        raise SourceFileError(path, f'cannot be read as an image ({e}).',
                        'Re-rasterize its PDF (re-index the file) to recreate the page image.') from e
     return buf.getvalue()
 
@@ -95,7 +95,7 @@ def page_png(r:SearchResult, side:int):
     if not r.image_path: return _placeholder_png(side), 'no page image recorded for this result'
     try: return thumbnail_png(r.image_path, side), ''
     except FileNotFoundError: return _placeholder_png(side), f'page image not found: {r.image_path}'
-    except (OSError, PDFError): return _placeholder_png(side), f'page image unreadable: {r.image_path}'
+    except (OSError, SourceFileError): return _placeholder_png(side), f'page image unreadable: {r.image_path}'
 
 def note_html(note:str)->str:
     return ('<div style="font-size:11px;line-height:1.3;color:#b00020;white-space:normal;overflow-wrap:anywhere">'
