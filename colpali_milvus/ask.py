@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 from fastcore.basics import patch
 
 from .core import ColPaliMilvusError, ModelUnavailableError, positive_int
-from .tiny import TINY_MARKER, cache_dir, is_tiny_random
+from .tiny import TINY_MARKER, byte_level_tokenizer, cache_dir, is_tiny_random
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -314,15 +314,6 @@ SMOLVLM_TEMPLATE = ("<|im_start|>{% for message in messages %}{{ message['role']
     "{% elif c['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}") # SmolVLM-Instruct's
 
-def _bytes_tokenizer(cls, special:list, **kwargs):
-    "A `cls` byte-level BPE tokenizer without merges: `special` tokens, then the 256 byte symbols."
-    from tokenizers import AddedToken, pre_tokenizers
-    vocab = {t: i for i, t in enumerate(special)}
-    for c in sorted(pre_tokenizers.ByteLevel.alphabet()): vocab.setdefault(c, len(vocab))
-    tok = cls(vocab=vocab, merges=[], **kwargs)
-    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in special], special_tokens=True)
-    return tok
-
 # %% ../nbs/12_ask.ipynb #9c2bb929
 def _tiny_qwen2_vl(small:bool, layers:int):
     "(model, processor) of a random Qwen2-VL: tiny, or Qwen2-VL-2B's widths with `layers` layers."
@@ -336,7 +327,7 @@ def _tiny_qwen2_vl(small:bool, layers:int):
     )
     special = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>',
                '<|video_pad|>']
-    tok = _bytes_tokenizer(Qwen2Tokenizer, special, eos_token='<|im_end|>', pad_token='<|endoftext|>')
+    tok = byte_level_tokenizer(Qwen2Tokenizer, special, eos_token='<|im_end|>', pad_token='<|endoftext|>')
     ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=(1280 if small else 64)*28*28, patch_size=14,
                                merge_size=2)
     proc = Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
@@ -367,7 +358,7 @@ def _tiny_smolvlm(small:bool, layers:int):
     )
     special = (['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<end_of_utterance>', '<fake_token_around_image>',
                 '<image>', '<global-img>'] + [f'<row_{i}_col_{j}>' for i in range(1, 7) for j in range(1, 7)])
-    tok = _bytes_tokenizer(GPT2Tokenizer, special, bos_token='<|im_start|>', eos_token='<end_of_utterance>',
+    tok = byte_level_tokenizer(GPT2Tokenizer, special, bos_token='<|im_start|>', eos_token='<end_of_utterance>',
                            pad_token='<|im_end|>', unk_token='<|endoftext|>')
     tile, patch, shuffle = (512, 16, 4) if small else (56, 7, 2)
     ip = Idefics3ImageProcessor(size={'longest_edge': (4 if small else 2)*tile}, max_image_size={'longest_edge': tile},

@@ -10,9 +10,8 @@ import numpy as np
 from .core import DimensionMismatchError
 
 # %% auto #0
-__all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'maxsim_exact', 'bf16_bits', 'bf16_tensor',
-           'block_maxsim', 'page_max', 'stacked_exact', 'page_rows_view', 'refine', 'refined_maxsim', 'rerank',
-           'max_norms']
+__all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'bf16_bits', 'bf16_tensor', 'block_maxsim',
+           'page_max', 'stacked_exact', 'page_rows_view', 'refine', 'refined_maxsim', 'rerank', 'max_norms']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -101,13 +100,6 @@ def _tensor(a:np.ndarray):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)   # "the given NumPy array is not writable"
         return torch.from_numpy(np.asarray(a))
-
-def maxsim_exact(q:np.ndarray, # query vectors (q, dim), float32
-                 pages:list # page arrays (n_i, dim), float16 or float32
-                )->np.ndarray:
-    "Exact MaxSim of `q` against every vector of each page, in float32: the rerank kernel."
-    tq = _tensor(np.ascontiguousarray(q, np.float32))
-    return np.array([float((tq @ _tensor(p).float().T).amax(1).sum()) for p in pages], np.float32)
 
 # %% ../nbs/04_maxsim.ipynb #712c9596
 BF16_ERR = 3.2 / 256

@@ -11,8 +11,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['TINY_MARKER', 'TINY_BANNER', 'TINY_BUILDERS', 'TINY_ALIASES', 'build_tiny_colpali', 'is_tiny_random',
-           'build_tiny_colqwen2', 'build_tiny_colqwen2_5', 'build_tiny_colsmol', 'build_tiny', 'cache_dir',
-           'tiny_model_path']
+           'byte_level_tokenizer', 'build_tiny_colqwen2', 'build_tiny_colqwen2_5', 'build_tiny_colsmol', 'build_tiny',
+           'cache_dir', 'tiny_model_path']
 
 # %% ../nbs/03_tiny.ipynb #2df75516
 TINY_MARKER = 'colpali_milvus_tiny_random' # config.json attribute that marks a tiny random model
@@ -120,7 +120,7 @@ def is_tiny_random(path_or_config # model folder, `config.json` path, config obj
     return bool(getattr(c, TINY_MARKER, False))
 
 # %% ../nbs/03_tiny.ipynb #d08fdcfd
-def _byte_level_tokenizer(cls, # a byte-level BPE tokenizer class (`Qwen2Tokenizer`, `GPT2Tokenizer`)
+def byte_level_tokenizer(cls, # a byte-level BPE tokenizer class (`Qwen2Tokenizer`, `GPT2Tokenizer`)
                           special:list, # special tokens, given the first ids
                           **kwargs # passed to `cls` (bos/eos/pad tokens ...)
                          ):
@@ -141,7 +141,7 @@ def _build_tiny_colqwen(path, seed:int, v2_5:bool)->Path:
     from colpali_engine import models as M
     from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
     path = _prepare_folder(path)
-    tok = _byte_level_tokenizer(Qwen2Tokenizer, _QWEN_SPECIAL)
+    tok = byte_level_tokenizer(Qwen2Tokenizer, _QWEN_SPECIAL)
     ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=32*28*28, patch_size=14, merge_size=2,
                                temporal_patch_size=2)
     proc_cls = M.ColQwen2_5_Processor if v2_5 else M.ColQwen2Processor
@@ -191,7 +191,7 @@ def build_tiny_colsmol(path, # folder to create (overwritten if it already holds
     from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ImageProcessor
     path = _prepare_folder(path)
     tile, patch, shuffle = 56, 7, 2
-    tok = _byte_level_tokenizer(GPT2Tokenizer, _SMOL_SPECIAL, bos_token='<|im_start|>', eos_token='<end_of_utterance>',
+    tok = byte_level_tokenizer(GPT2Tokenizer, _SMOL_SPECIAL, bos_token='<|im_start|>', eos_token='<end_of_utterance>',
                                 pad_token='<|im_end|>', unk_token='<|endoftext|>')
     ip = Idefics3ImageProcessor(size={'longest_edge': 2*tile}, max_image_size={'longest_edge': tile},
                                 do_image_splitting=True)

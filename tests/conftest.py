@@ -46,3 +46,17 @@ def encoder(tiny_model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         return ColPaliEncoder(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_index(tmp_path_factory, tiny_model_dir, encoder, sample_pdf):
+    "A maker of indexes of the sample PDF with the tiny model, one per test module: `yield from sample_index()`."
+    from colpali_milvus.index import ColPaliIndex
+
+    def make():
+        d = tmp_path_factory.mktemp("sample-index")
+        idx = ColPaliIndex(d / "i.db", model=str(tiny_model_dir), encoder=encoder, pages_dir=d / "pages")
+        idx.add(sample_pdf, progress=False)
+        yield idx
+        idx.close()
+    return make

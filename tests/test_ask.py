@@ -35,12 +35,8 @@ def vlm_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def index(tmp_path_factory, tiny_model_dir, encoder, sample_pdf):
-    d = tmp_path_factory.mktemp('ask-index')
-    idx = ColPaliIndex(d/'i.db', model=str(tiny_model_dir), encoder=encoder, pages_dir=d/'pages')
-    idx.add(sample_pdf, progress=False)
-    yield idx
-    idx.close()
+def index(sample_index):
+    yield from sample_index()
 
 
 @pytest.mark.parametrize('family', FAMILIES)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from colpali_milvus.ask import EndpointVLM, LocalVLM, VLMUnavailableError, build_messages, build_tiny_vlm, page_images
-from colpali_milvus.index import ColPaliIndex
 
 Q = "Where is the ColBERT performance table?"
 SERVE = Path(sys.executable).parent/'transformers'
@@ -59,12 +58,8 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def index(tmp_path_factory, tiny_model_dir, encoder, sample_pdf):
-    d = tmp_path_factory.mktemp('serve-index')
-    idx = ColPaliIndex(d/'i.db', model=str(tiny_model_dir), encoder=encoder, pages_dir=d/'pages')
-    idx.add(sample_pdf, progress=False)
-    yield idx
-    idx.close()
+def index(sample_index):
+    yield from sample_index()
 
 
 def test_streaming_through_the_server(served, index):
