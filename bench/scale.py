@@ -167,6 +167,18 @@ def query(a, uri:str, kw:dict)->dict:
     res['stderr_lines'] = len([line for line in out.stderr.splitlines() if line.strip()])
     return res
 
+def git_rev()->str:
+    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                          cwd=HERE).stdout.strip()
+
+def start_backend(a)->tuple:
+    "The server (None for Lite) and the uri to open."
+    if a.backend == 'lite': return None, str(a.work/'scale.db')
+    from milvus_servers import start_milvus_standalone
+    os.environ['QUERYNODE_MMAPDIRPATH'] = str(a.work/'mmap')   # raw field data memory-mapped, not loaded
+    srv = start_milvus_standalone(a.work/'server', timeout=180)   # a restart on kept data waits for old sessions
+    return srv, srv.uri
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--backend', choices=['lite', 'milvus'], default='lite')
@@ -178,30 +190,32 @@ def main():
     ap.add_argument('--out', type=Path, default=Path('bench_out/scale'))
     ap.add_argument('--keep', action='store_true', help='keep the database')
     ap.add_argument('--report', action='store_true', help='print the results in --out as a table, and stop')
+    ap.add_argument('--reuse', type=Path, help='the work folder of a run made with --keep: query it again, no build')
     a = ap.parse_args()
     if a.report: print(report(a.out.resolve())); return
     a.out = a.out.resolve()   # the server is started in another folder: its config paths must be absolute
     a.out.mkdir(parents=True, exist_ok=True)
-    a.work = Path(tempfile.mkdtemp(prefix=f'scale_{a.backend}_{a.pages}_', dir=a.out))
-    srv, res = None, {'backend': a.backend, 'pages': a.pages, 'queries': a.queries, 'n_search': a.n_search,
-                      'shards': a.shards}
-    err = a.work/'build.stderr'
-    fd = os.dup(2); os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT), 2)   # count what a notebook user would see
-    try:
-        if a.backend == 'milvus':
-            from milvus_servers import start_milvus_standalone
-            os.environ['QUERYNODE_MMAPDIRPATH'] = str(a.work/'mmap')   # raw field data memory-mapped, not loaded
-            srv = start_milvus_standalone(a.work/'server')
-            uri = srv.uri
-        else: uri = str(a.work/'scale.db')
-        res['build'] = build(a, uri, srv.proc.pid if srv else None)
-    finally:
-        os.dup2(fd, 2)
-    text = err.read_text(errors='replace')
-    res['build']['stderr_lines'] = len([line for line in text.splitlines() if line.strip()])
-    res['build']['stderr_tracebacks'] = text.count('Traceback')
-    res['build']['stderr_head'] = text[:1500]
-    print('build:', json.dumps(res['build'])[:1500], flush=True)
+    if a.reuse:   # query again what an earlier run kept: its build numbers are that run's
+        a.work = a.reuse.resolve()
+        res = json.loads((a.out/f'{a.backend}_{a.pages}.json').read_text())
+        res.update(queries=a.queries, n_search=a.n_search, requeried_at_git=git_rev())
+        srv, uri = start_backend(a)
+    else:
+        a.work = Path(tempfile.mkdtemp(prefix=f'scale_{a.backend}_{a.pages}_', dir=a.out))
+        res = {'backend': a.backend, 'pages': a.pages, 'queries': a.queries, 'n_search': a.n_search,
+               'shards': a.shards, 'git': git_rev()}
+        err = a.work/'build.stderr'
+        fd = os.dup(2); os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT), 2)   # count what a notebook user would see
+        try:
+            srv, uri = start_backend(a)
+            res['build'] = build(a, uri, srv.proc.pid if srv else None)
+        finally:
+            os.dup2(fd, 2)
+        text = err.read_text(errors='replace')
+        res['build']['stderr_lines'] = len([line for line in text.splitlines() if line.strip()])
+        res['build']['stderr_tracebacks'] = text.count('Traceback')
+        res['build']['stderr_head'] = text[:1500]
+        print('build:', json.dumps(res['build'])[:1500], flush=True)
     if srv:
         res['server_idle_wait_s'] = wait_idle(srv.proc.pid)   # compaction and index builds after the flush
         res['server_rss_after_build'] = tree_rss_mb(srv.proc.pid)
@@ -215,7 +229,7 @@ def main():
     else: res['disk_mb'] = du_mb(a.work/'scale.db')
     (a.out/f'{a.backend}_{a.pages}.json').write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != 'build'}, indent=1))
-    if not a.keep:
+    if not a.keep and not a.reuse:
         import shutil
         shutil.rmtree(a.work, ignore_errors=True)
 

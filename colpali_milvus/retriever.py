@@ -40,7 +40,7 @@ from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from
 )
 
 # %% auto #0
-__all__ = ['FEWEST_VECTORS', 'candidate_dtype', 'MilvusColbertRetriever', 'SmallCollection']
+__all__ = ['FLUSH_CHARS', 'FETCH_THREADS', 'FEWEST_VECTORS', 'candidate_dtype', 'MilvusColbertRetriever', 'SmallCollection']
 
 # %% ../nbs/05b_retriever.ipynb #dc9fc4ec
 def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
@@ -52,6 +52,8 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
     return 'bfloat16' if cpu_has_fast_bf16() else 'float32'
 
 # %% ../nbs/05b_retriever.ipynb #09d82706
+FLUSH_CHARS = 256 << 20   # blob characters a server client writes between flushes (~730 ColPali pages)
+
 class MilvusColbertRetriever:
     "Multi-vector page store on Milvus with exact MaxSim ranking (interface of the Milvus ColPali notebook)."
     def __init__(self, milvus_client, # a `MilvusClient` (see `store.open_client`)
@@ -81,22 +83,28 @@ class MilvusColbertRetriever:
         self.cache = OrderedDict()                   # page id -> (page row key, float16 vectors): read from a server
         self.norms = {}                              # (page id, version) -> its largest vector norm (see `max_norm`)
         self._small, self._checked, self._wrote_at, self._n_pages = None, -np.inf, 0., None
+        self._unflushed, self.flush_chars = 0, FLUSH_CHARS   # blob characters written since the last flush; the limit
         if self.exists():
             self.dim = self._schema_dim()
             self._check_layout()
         self._open_files()
 
-    def _open_files(self):
-        if self.lite_dir is not None:
-            self.files = PageFiles(self.lite_dir/'colpali_vectors'/self.collection_name, self.dim, self.pool)
+# %% ../nbs/05b_retriever.ipynb #d43951a2
+@patch
+def _open_files(self:MilvusColbertRetriever):
+    "Open the page files of a collection on Milvus Lite in this process (nothing on a server)."
+    if self.lite_dir is not None:
+        self.files = PageFiles(self.lite_dir/'colpali_vectors'/self.collection_name, self.dim, self.pool)
 
-    @property
-    def vectors_collection(self)->str: return self.collection_name + VECTORS_SUFFIX
+@patch(as_prop=True)
+def vectors_collection(self:MilvusColbertRetriever)->str:
+    "The collection of a server's blob rows."
+    return self.collection_name + VECTORS_SUFFIX
 
-    @property
-    def centroids(self)->MilvusCandidates:
-        "The centroid collection of a server."
-        return MilvusCandidates(self.db, self.collection_name, self.dim, self.pool)
+@patch(as_prop=True)
+def centroids(self:MilvusColbertRetriever)->MilvusCandidates:
+    "The centroid collection of a server."
+    return MilvusCandidates(self.db, self.collection_name, self.dim, self.pool)
 
 # %% ../nbs/05b_retriever.ipynb #4efdf370
 @patch
@@ -255,6 +263,7 @@ def _write_server(self:MilvusColbertRetriever, ids:list, vs:list, cents:list, me
         put = self.db.insert if new else self.db.upsert
         blobs = [row for i, v, *_ in part for row in blob_rows(i, v)]
         for s in range(0, len(blobs), BLOB_BATCH): put(self.vectors_collection, blobs[s:s+BLOB_BATCH])
+        self._flush_if_due(sum(len(b['data']['b']) for b in blobs))
         self.centroids.put([p[0] for p in part], [p[2] for p in part], overwrite=not new)
         put(self.collection_name, [page_row(i, mu, len(v), len(c), m) for i, v, c, mu, m in part])
     stale = [blob_pk(i, j) for i, v in zip(ids, vs) if i in old
@@ -263,6 +272,15 @@ def _write_server(self:MilvusColbertRetriever, ids:list, vs:list, cents:list, me
     fewer = {i: len(c) for i, c in zip(ids, cents) if i in old and len(c) < old[i]['n_pooled']}
     if fewer: self.centroids.delete(list(fewer), first=fewer)
     for i in ids: self.cache.pop(i, None)
+
+# %% ../nbs/05b_retriever.ipynb #8a06d638
+@patch
+def _flush_if_due(self:MilvusColbertRetriever, chars:int # blob characters just written
+                 ):
+    "Flush the blob rows once `flush_chars` were written since the last flush, so that the server seals them."
+    self._unflushed += chars
+    if self._unflushed >= self.flush_chars:
+        self.db.flush(self.vectors_collection); self._unflushed = 0
 
 # %% ../nbs/05b_retriever.ipynb #67691a2a
 @patch
@@ -352,6 +370,7 @@ def query_pages(self:MilvusColbertRetriever, filter:str, # a Milvus expression o
     it.close()
     return rows
 
+# %% ../nbs/05b_retriever.ipynb #9f863f5f
 @patch
 def all_page_rows(self:MilvusColbertRetriever,
                   fields=('page_id', 'n_vectors', 'n_pooled', 'sha256'),
@@ -366,20 +385,29 @@ def all_page_ids(self:MilvusColbertRetriever)->list[int]:
     return sorted(int(r['page_id']) for r in self.query_pages(''))
 
 # %% ../nbs/05b_retriever.ipynb #55d9c678
+FETCH_THREADS = 4   # blob gets in flight at once: the server answers on several cores while this client decodes
+
 @patch
 def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:int=BLOB_BATCH)->dict:
-    "Vectors of pages read from their blob rows on a server (pages missing a blob row are left out)."
-    pks = [blob_pk(r['page_id'], i) for r in rows for i in range(n_chunks(r['n_vectors'] * self.dim))]
-    got = {}
-    for s in range(0, len(pks), batch_rows):
-        for b in self.db.get(self.vectors_collection, ids=pks[s:s+batch_rows], output_fields=['data'], **read):
-            got[b['pk']] = b['data']['b']
-    out = {}
-    for r in rows:
-        pid, n = int(r['page_id']), r['n_vectors']
-        keys = [blob_pk(pid, i) for i in range(n_chunks(n * self.dim))]
-        if all(k in got for k in keys): out[pid] = from_blob([got[k] for k in keys], n * self.dim).reshape(n, self.dim)
-    return out
+    "Vectors of pages read from their blob rows on a server, several gets at once (pages missing a row are left out)."
+    from concurrent.futures import ThreadPoolExecutor
+    keys = {int(r['page_id']): [blob_pk(r['page_id'], i) for i in range(n_chunks(r['n_vectors'] * self.dim))]
+            for r in rows}
+    groups, size = [[]], 0   # whole pages per get, about `batch_rows` rows each: each task decodes its own pages
+    for pid, ks in keys.items():
+        if groups[-1] and size + len(ks) > batch_rows: groups.append([]); size = 0
+        groups[-1].append(pid); size += len(ks)
+    def fetch(group):
+        pks, got = [k for p in group for k in keys[p]], {}
+        for s in range(0, len(pks), batch_rows):
+            for b in self.db.get(self.vectors_collection, ids=pks[s:s+batch_rows], output_fields=['data'], **read):
+                got[b['pk']] = b['data']['b']
+        n = {int(r['page_id']): r['n_vectors'] for r in rows}
+        return {p: from_blob([got[k] for k in keys[p]], n[p] * self.dim).reshape(n[p], self.dim)
+                for p in group if all(k in got for k in keys[p])}
+    if not keys: return {}
+    with ThreadPoolExecutor(min(FETCH_THREADS, len(groups))) as pool: parts = list(pool.map(fetch, groups))
+    return {p: v for part in parts for p, v in part.items()}
 
 # %% ../nbs/05b_retriever.ipynb #81bfbc00
 @patch
@@ -406,6 +434,7 @@ def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n
     self._trim_cache()
     return out
 
+# %% ../nbs/05b_retriever.ipynb #3dcb663e
 @patch
 def _trim_cache(self:MilvusColbertRetriever):
     "Drop the least recently read pages until the cache holds at most half of `memory_budget`."
@@ -442,16 +471,19 @@ class SmallCollection:
             self.matrix[o:o+len(f)] = bf16_bits(f) if dtype == 'bfloat16' else f
         self.norm = float(np.sqrt(sq))
 
-    def search(self, q:np.ndarray, k:int, n_candidates:int|None=None # rerank only this many pages, by centroids
-              )->list[tuple[float, dict]]:
-        "The best `k` pages by exact MaxSim over every vector (of the `n_candidates` best by centroids, when given)."
-        if self.centroids is None or n_candidates is None or len(self.rows) <= n_candidates:
-            best, scores = rerank(q, self.pages, k, self.dtype, self.matrix, self.norm or None)
-            return [(float(s), dict(self.rows[j])) for j, s in zip(best, scores)]
-        pick = np.sort(rank(block_maxsim(q, self.centroids, self.pool, self.dtype), n_candidates))
-        rows = np.concatenate([self.matrix[self.offsets[j]:self.offsets[j] + len(self.pages[j])] for j in pick])
-        best, scores = rerank(q, [self.pages[j] for j in pick], k, self.dtype, rows, self.norm or None)
-        return [(float(s), dict(self.rows[pick[j]])) for j, s in zip(best, scores)]
+# %% ../nbs/05b_retriever.ipynb #1821c265
+@patch
+def search(self:SmallCollection, q:np.ndarray, k:int,
+           n_candidates:int|None=None # rerank only this many pages, by centroids
+          )->list[tuple[float, dict]]:
+    "The best `k` pages by exact MaxSim over every vector (of the `n_candidates` best by centroids, when given)."
+    if self.centroids is None or n_candidates is None or len(self.rows) <= n_candidates:
+        best, scores = rerank(q, self.pages, k, self.dtype, self.matrix, self.norm or None)
+        return [(float(s), dict(self.rows[j])) for j, s in zip(best, scores)]
+    pick = np.sort(rank(block_maxsim(q, self.centroids, self.pool, self.dtype), n_candidates))
+    rows = np.concatenate([self.matrix[self.offsets[j]:self.offsets[j] + len(self.pages[j])] for j in pick])
+    best, scores = rerank(q, [self.pages[j] for j in pick], k, self.dtype, rows, self.norm or None)
+    return [(float(s), dict(self.rows[pick[j]])) for j, s in zip(best, scores)]
 
 # %% ../nbs/05b_retriever.ipynb #33790b61
 @patch
@@ -527,6 +559,7 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
     best, scores = rerank(q, pages, k, self.cand_dtype, norm=self.max_norm(rows, pages))
     return [(float(s), dict(rows[j])) for j, s in zip(best, scores)]
 
+# %% ../nbs/05b_retriever.ipynb #189559a1
 @patch
 def max_norm(self:MilvusColbertRetriever, rows:list, pages:list)->float:
     "The largest vector norm in `pages`, from each page's own, remembered by page version (`maxsim.max_norms`)."
@@ -538,7 +571,8 @@ def max_norm(self:MilvusColbertRetriever, rows:list, pages:list)->float:
 
 # %% ../nbs/05b_retriever.ipynb #59495b63
 @patch
-def search(self:MilvusColbertRetriever, data, # query vectors (q, dim)
+def search(self:MilvusColbertRetriever, # noqa: F811 (SmallCollection.search is another method)
+           data, # query vectors (q, dim)
            topk:int # pages to return
           )->list[tuple[float, int]]:
     "The best `topk` pages as [(MaxSim score, doc_id), ...], best first (the notebook's interface)."

@@ -108,7 +108,7 @@ def close_client(client:MilvusClient, # a client from `open_client`
 
 # %% ../nbs/05_store.ipynb #9d14fd1c
 DATA_CALLS = {'get', 'query', 'query_iterator', 'search', 'has_collection', 'describe_collection', 'list_collections',
-              'upsert', 'insert', 'delete', 'get_load_state', 'list_indexes'}
+              'upsert', 'insert', 'delete', 'get_load_state', 'list_indexes', 'flush'}
 
 def is_unavailable(e:Exception)->bool:
     "True for errors that mean the server is down, unreachable or too slow."

@@ -517,6 +517,32 @@ def test_two_shards_return_the_same_pages_as_one(sharded, request):
         np.testing.assert_allclose([s for s, _ in one], [s for s, _ in two], rtol=1e-6)
 
 
+def test_vectors_of_many_pages_come_back_whole_from_parallel_gets(sharded):
+    "48 pages need two gets of blob rows, run at once: every page comes back, equal to what was stored."
+    rs, ds, _ = sharded
+    r = rs[1]
+    r.cache.clear()
+    rows = r.page_rows(range(len(ds)))
+    got = r.read_vectors(list(rows.values()))
+    assert sorted(got) == list(range(len(ds)))
+    for i, d in enumerate(ds): np.testing.assert_array_equal(got[i], d.astype(np.float16))
+
+
+def test_blob_rows_are_flushed_every_flush_chars(milvus_server):
+    "Milvus 2.3 guesses 512 bytes per JSON row, so a growing segment of blob rows is never sealed by size: the client"
+    "flushes every `flush_chars`, and the server's flushed row count (growing rows are not counted) shows it."
+    client = open_client(milvus_server.uri)
+    r = MilvusColbertRetriever(client, 'flushed')
+    r.create_collection()
+    ds, _ = corpus(11, 3, size=1030)
+    r.add_pages([0], ds[:1])
+    assert client.get_collection_stats(r.vectors_collection)['row_count'] == 0   # below flush_chars: growing
+    r.flush_chars = 1
+    r.add_pages([1, 2], ds[1:])
+    assert client.get_collection_stats(r.vectors_collection)['row_count'] == 18   # 6 blob rows per page, all flushed
+    close_client(client, milvus_server.uri)
+
+
 @pytest.mark.timeout(300)
 def test_readers_see_a_writers_pages_within_refresh_s(server, tmp_path):
     """3 reader processes and 1 writer on one collection: no errors, flat reader memory, every write seen within
