@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 __all__ = ['PROMPT', 'MAX_PIXELS', 'MAX_PAGES', 'QWEN2_VL_TEMPLATE', 'SMOLVLM_TEMPLATE', 'TINY_VLM_FAMILIES', 'TINY_VLM_VERSION',
            'TINY_VLM_ALIASES', 'DEFAULT_VLM', 'TINY_VLM_BANNER', 'VLMUnavailableError', 'UnsupportedVLMError',
            'ContextTooSmallError', 'PageImageMissingError', 'check_question', 'build_messages', 'citations',
-           'citation_spans', 'Answer', 'fit_image', 'page_images', 'AnswerStream', 'context_length', 'resolve_vlm',
-           'LocalVLM', 'build_tiny_vlm', 'tiny_vlm_path', 'openai_messages', 'EndpointVLM', 'TinyVLMWarning',
-           'load_vlm', 'ask_pages']
+           'citation_spans', 'Answer', 'fit_image', 'page_images', 'AnswerStream', 'build_tiny_vlm', 'tiny_vlm_path',
+           'context_length', 'resolve_vlm', 'LocalVLM', 'openai_messages', 'EndpointVLM', 'TinyVLMWarning', 'load_vlm',
+           'ask_pages']
 
 # %% ../nbs/12_ask.ipynb #ca2fb6aa
 class VLMUnavailableError(ColPaliMilvusError, ConnectionError):
@@ -176,127 +176,6 @@ class AnswerStream:
             for _ in self: pass
         return self._answer
 
-# %% ../nbs/12_ask.ipynb #1d117335
-def _is_image_text(cfg)->bool:
-    "Whether transformers maps config `cfg` to an image-text-to-text model class."
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as names
-    return getattr(cfg, 'model_type', None) in names
-
-def context_length(cfg # a transformers model config
-                  )->int|None:
-    "The most tokens the VLM's language model reads, from its config (None if the config does not say)."
-    for c in (getattr(cfg, 'text_config', None), cfg):
-        for k in ('max_position_embeddings', 'max_sequence_length', 'seq_length'):
-            v = getattr(c, k, None)
-            if isinstance(v, int) and v > 0: return v
-    return None
-
-# %% ../nbs/12_ask.ipynb #a5cfecf3
-def resolve_vlm(name:str, # hub id or local folder of a VLM
-                timeout:float=5.0 # seconds to wait for the hub before using the local cache
-               )->str:
-    "A VLM's folder (or hub id if the hub answers) via `resolve_model`; `ModelUnavailableError` saying what to do."
-    from colpali_milvus.encode import resolve_model
-    try: return resolve_model(name, timeout)
-    except ModelUnavailableError as e:  # the encoder's hint names --model; the VLM's option is --vlm
-        raise ModelUnavailableError(f"VLM: {e}".replace('(--model DIR)', '(--vlm DIR, or vlm=DIR)')) from None
-
-# %% ../nbs/12_ask.ipynb #e1100381
-class LocalVLM:
-    "A transformers image-text-to-text model, its processor and chat template, ready to answer from page images."
-    kind = 'local'
-    def __init__(self, model:str, # hub id or local folder of an image-text-to-text model
-                 device:str|None=None, # None/'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'
-                 dtype=None, # None/'auto' (as `pick_dtype`), or a dtype
-                 max_new_tokens:int=512, # the longest answer, in tokens
-                 max_pixels:int=MAX_PIXELS, # cap on each page image's pixels
-                 timeout:float=5.0 # seconds to wait for the hub before using the local cache
-                ):
-        import torch
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
-        from colpali_milvus.encode import pick_device, pick_dtype
-        self.model_name, self.max_new_tokens, self.max_pixels = (
-            str(model), positive_int(max_new_tokens, 'max_new_tokens'), max_pixels)
-        self.path = resolve_vlm(str(model), timeout)
-        local = Path(self.path).is_dir()
-        try: cfg = AutoConfig.from_pretrained(self.path, local_files_only=local)
-        except (OSError, ValueError) as e:
-            raise ModelUnavailableError(f"VLM {self.model_name!r}: its config cannot be read ({e}).") from None
-        arch = (getattr(cfg, 'architectures', None) or [''])[0]
-        if arch.startswith('Col'):   # a colpali-engine retriever: it makes vectors, not text
-            raise UnsupportedVLMError(f"{self.model_name!r} is a {arch} retrieval model: it turns pages into vectors "
-                                      "and cannot write answers. Pass a generative vision-language model as the VLM, "
-                                      "e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct', or an endpoint URL.")
-        if not _is_image_text(cfg):
-            raise UnsupportedVLMError(f"{self.model_name!r} is a {getattr(cfg, 'model_type', '?')!r} model, "
-                                      "not an image-text-to-text model, so it cannot read page images. "
-                                      "Use a vision-language model, e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct' "
-                                      "or 'Qwen/Qwen2-VL-2B-Instruct', or an endpoint URL.")
-        self.is_tiny, self.context = is_tiny_random(cfg), context_length(cfg)
-        self.device = pick_device(device)
-        self.dtype = torch.float32 if self.is_tiny and dtype in (None, 'auto') else pick_dtype(self.device, dtype)
-        try:
-            self.processor = AutoProcessor.from_pretrained(self.path, local_files_only=local)
-            self.model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=self.dtype,
-                                                                     device_map=self.device,
-                                                                     local_files_only=local).eval()
-        except OSError as e:
-            raise ModelUnavailableError(f"VLM {self.model_name!r} ({self.path}) could not be loaded: {e}") from None
-        if not getattr(self.processor, 'chat_template', None):
-            raise UnsupportedVLMError(f"VLM {self.model_name!r} has no chat template, so its prompt format is unknown: "
-                                      "use an instruction-tuned (chat) checkpoint of the model.")
-    def __repr__(self): return (f"LocalVLM({self.model_name!r}, device={self.device!r}, dtype={self.dtype}"
-                                f"{', TINY RANDOM' if self.is_tiny else ''})")
-
-# %% ../nbs/12_ask.ipynb #0a18f4fc
-def _image_token_ids(proc)->set:
-    "Token ids the processor puts in place of image patches."
-    tok, ids = proc.tokenizer, set()
-    for attr in ('image_token_id', 'image_token_index'):
-        v = getattr(proc, attr, None)
-        if isinstance(v, int): ids.add(v)
-    for attr in ('image_token',):
-        t = getattr(proc, attr, None)
-        if isinstance(t, str): ids.add(tok.convert_tokens_to_ids(t))
-    return ids
-
-@patch
-def prepare(self:LocalVLM, messages:list # chat messages as `build_messages` makes them
-           )->tuple:
-    "(model inputs, prompt tokens, image tokens) for chat `messages`; `ContextTooSmallError` if the answer won't fit."
-    inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                                return_tensors='pt')
-    ids = inputs['input_ids'][0]
-    n, n_img = int(ids.shape[0]), sum(int((ids == t).sum()) for t in _image_token_ids(self.processor))
-    if self.context is not None and n + self.max_new_tokens > self.context:
-        n_pages = sum(c['type'] == 'image' for m in messages for c in m['content'])
-        raise ContextTooSmallError(
-            f"The prompt takes {n} tokens ({n_img} of them for {n_pages} page images) and the answer up to "
-            f"{self.max_new_tokens}, but {self.model_name!r} reads at most {self.context}. Ask with fewer pages (k), "
-            f"smaller page images (max_pixels, now {self.max_pixels}) or a shorter answer (max_new_tokens).")
-    return inputs.to(self.model.device), n, n_img
-
-# %% ../nbs/12_ask.ipynb #51d5d5da
-@patch
-def stream(self:LocalVLM, inputs # model inputs, as `prepare` returns them
-          )->'Iterator[str]':
-    "Generate the answer to prepared `inputs` greedily, yielding text as it is decoded."
-    import torch
-    from transformers import TextIteratorStreamer
-    streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    err = []
-    def run():
-        try:
-            with torch.inference_mode():
-                kw = {k: (v.to(self.model.dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
-                self.model.generate(**kw, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=False)
-        except Exception as e: err.append(e); streamer.on_finalized_text('', stream_end=True)
-    th = threading.Thread(target=run, daemon=True); th.start()
-    yield from streamer
-    th.join()
-    if err: raise err[0]
-
 # %% ../nbs/12_ask.ipynb #4a7b94b1
 # Qwen2-VL-Instruct's, images only
 QWEN2_VL_TEMPLATE = ("{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -393,6 +272,12 @@ TINY_VLM_VERSION = 3 # bumped when the tiny VLMs change: cached ones of another 
 # VLM name -> tiny family
 TINY_VLM_ALIASES = {'tiny-vlm': 'smolvlm', 'tiny-smolvlm': 'smolvlm', 'tiny-qwen2-vl': 'qwen2-vl'}
 
+def _tiny_vlm_version(path:Path):
+    "The tiny VLM version recorded in `path`'s config (None if it holds none)."
+    try: return json.loads((path/'config.json').read_text()).get('colpali_milvus_tiny_vlm_version')
+    except (OSError, ValueError): return None
+
+# %% ../nbs/12_ask.ipynb #ca955f75
 def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
                    path, # folder to create (or overwrite, if it holds a tiny model)
                    seed:int=0, # random seed for the weights
@@ -422,6 +307,7 @@ def build_tiny_vlm(family:str, # 'qwen2-vl' or 'smolvlm'
                                   f"meaningless (random letters).\n")
     return path
 
+# %% ../nbs/12_ask.ipynb #19bfe6b6
 def tiny_vlm_path(name:str='tiny-vlm' # a `TINY_VLM_ALIASES` name or a `TINY_VLM_FAMILIES` family
                  )->Path:
     "Folder of the cached tiny random VLM `name`, built on first use."
@@ -439,10 +325,143 @@ def tiny_vlm_path(name:str='tiny-vlm' # a `TINY_VLM_ALIASES` name or a `TINY_VLM
     except OSError: shutil.rmtree(tmp, ignore_errors=True)
     return path
 
-def _tiny_vlm_version(path:Path):
-    "The tiny VLM version recorded in `path`'s config (None if it holds none)."
-    try: return json.loads((path/'config.json').read_text()).get('colpali_milvus_tiny_vlm_version')
-    except (OSError, ValueError): return None
+# %% ../nbs/12_ask.ipynb #1d117335
+def _is_image_text(cfg)->bool:
+    "Whether transformers maps config `cfg` to an image-text-to-text model class."
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as names
+    return getattr(cfg, 'model_type', None) in names
+
+def context_length(cfg # a transformers model config
+                  )->int|None:
+    "The most tokens the VLM's language model reads, from its config (None if the config does not say)."
+    for c in (getattr(cfg, 'text_config', None), cfg):
+        for k in ('max_position_embeddings', 'max_sequence_length', 'seq_length'):
+            v = getattr(c, k, None)
+            if isinstance(v, int) and v > 0: return v
+    return None
+
+# %% ../nbs/12_ask.ipynb #a5cfecf3
+def resolve_vlm(name:str, # hub id or local folder of a VLM
+                timeout:float=5.0 # seconds to wait for the hub before using the local cache
+               )->str:
+    "A VLM's folder (or hub id if the hub answers) via `resolve_model`; `ModelUnavailableError` saying what to do."
+    from colpali_milvus.encode import resolve_model
+    try: return resolve_model(name, timeout)
+    except ModelUnavailableError as e:  # the encoder's hint names --model; the VLM's option is --vlm
+        raise ModelUnavailableError(f"VLM: {e}".replace('(--model DIR)', '(--vlm DIR, or vlm=DIR)')) from None
+
+# %% ../nbs/12_ask.ipynb #6b5f9f4d
+def _vlm_config(path:str, # the VLM's folder or hub id
+                name:str, # the VLM as the user named it (for messages)
+                local:bool # `path` is a local folder
+               ):
+    "The VLM's transformers config, once it is known to describe a model that writes text from images."
+    from transformers import AutoConfig
+    try: cfg = AutoConfig.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError) as e:
+        raise ModelUnavailableError(f"VLM {name!r}: its config cannot be read ({e}).") from None
+    arch = (getattr(cfg, 'architectures', None) or [''])[0]
+    if arch.startswith('Col'):   # a colpali-engine retriever: it makes vectors, not text
+        raise UnsupportedVLMError(f"{name!r} is a {arch} retrieval model: it turns pages into vectors "
+                                  "and cannot write answers. Pass a generative vision-language model as the VLM, "
+                                  "e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct', or an endpoint URL.")
+    if not _is_image_text(cfg):
+        raise UnsupportedVLMError(f"{name!r} is a {getattr(cfg, 'model_type', '?')!r} model, "
+                                  "not an image-text-to-text model, so it cannot read page images. "
+                                  "Use a vision-language model, e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct' "
+                                  "or 'Qwen/Qwen2-VL-2B-Instruct', or an endpoint URL.")
+    return cfg
+
+# %% ../nbs/12_ask.ipynb #e1100381
+class LocalVLM:
+    "A transformers image-text-to-text model, its processor and chat template, ready to answer from page images."
+    kind = 'local'
+    def __init__(self, model:str, # hub id or local folder of an image-text-to-text model
+                 device:str|None=None, # None/'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'
+                 dtype=None, # None/'auto' (as `pick_dtype`), or a dtype
+                 max_new_tokens:int=512, # the longest answer, in tokens
+                 max_pixels:int=MAX_PIXELS, # cap on each page image's pixels
+                 timeout:float=5.0 # seconds to wait for the hub before using the local cache
+                ):
+        import torch
+
+        from colpali_milvus.encode import pick_device, pick_dtype
+        self.model_name, self.max_new_tokens, self.max_pixels = (
+            str(model), positive_int(max_new_tokens, 'max_new_tokens'), max_pixels)
+        self.path = resolve_vlm(str(model), timeout)
+        local = Path(self.path).is_dir()
+        cfg = _vlm_config(self.path, self.model_name, local)
+        self.is_tiny, self.context = is_tiny_random(cfg), context_length(cfg)
+        self.device = pick_device(device)
+        self.dtype = torch.float32 if self.is_tiny and dtype in (None, 'auto') else pick_dtype(self.device, dtype)
+        self._load(local)
+    def __repr__(self): return (f"LocalVLM({self.model_name!r}, device={self.device!r}, dtype={self.dtype}"
+                                f"{', TINY RANDOM' if self.is_tiny else ''})")
+
+# %% ../nbs/12_ask.ipynb #558e972b
+@patch
+def _load(self:LocalVLM, local:bool # `self.path` is a local folder
+         ):
+    "Load the processor and the weights; `UnsupportedVLMError` for a model without a chat template."
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    try:
+        self.processor = AutoProcessor.from_pretrained(self.path, local_files_only=local)
+        self.model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=self.dtype,
+                                                                 device_map=self.device,
+                                                                 local_files_only=local).eval()
+    except OSError as e:
+        raise ModelUnavailableError(f"VLM {self.model_name!r} ({self.path}) could not be loaded: {e}") from None
+    if not getattr(self.processor, 'chat_template', None):
+        raise UnsupportedVLMError(f"VLM {self.model_name!r} has no chat template, so its prompt format is unknown: "
+                                  "use an instruction-tuned (chat) checkpoint of the model.")
+
+# %% ../nbs/12_ask.ipynb #0a18f4fc
+def _image_token_ids(proc)->set:
+    "Token ids the processor puts in place of image patches."
+    tok, ids = proc.tokenizer, set()
+    for attr in ('image_token_id', 'image_token_index'):
+        v = getattr(proc, attr, None)
+        if isinstance(v, int): ids.add(v)
+    for attr in ('image_token',):
+        t = getattr(proc, attr, None)
+        if isinstance(t, str): ids.add(tok.convert_tokens_to_ids(t))
+    return ids
+
+@patch
+def prepare(self:LocalVLM, messages:list # chat messages as `build_messages` makes them
+           )->tuple:
+    "(model inputs, prompt tokens, image tokens) for chat `messages`; `ContextTooSmallError` if the answer won't fit."
+    inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                                return_tensors='pt')
+    ids = inputs['input_ids'][0]
+    n, n_img = int(ids.shape[0]), sum(int((ids == t).sum()) for t in _image_token_ids(self.processor))
+    if self.context is not None and n + self.max_new_tokens > self.context:
+        n_pages = sum(c['type'] == 'image' for m in messages for c in m['content'])
+        raise ContextTooSmallError(
+            f"The prompt takes {n} tokens ({n_img} of them for {n_pages} page images) and the answer up to "
+            f"{self.max_new_tokens}, but {self.model_name!r} reads at most {self.context}. Ask with fewer pages (k), "
+            f"smaller page images (max_pixels, now {self.max_pixels}) or a shorter answer (max_new_tokens).")
+    return inputs.to(self.model.device), n, n_img
+
+# %% ../nbs/12_ask.ipynb #51d5d5da
+@patch
+def stream(self:LocalVLM, inputs # model inputs, as `prepare` returns them
+          )->'Iterator[str]':
+    "Generate the answer to prepared `inputs` greedily, yielding text as it is decoded."
+    import torch
+    from transformers import TextIteratorStreamer
+    streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    err = []
+    def run():
+        try:
+            with torch.inference_mode():
+                kw = {k: (v.to(self.model.dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
+                self.model.generate(**kw, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=False)
+        except Exception as e: err.append(e); streamer.on_finalized_text('', stream_end=True)
+    th = threading.Thread(target=run, daemon=True); th.start()
+    yield from streamer
+    th.join()
+    if err: raise err[0]
 
 # %% ../nbs/12_ask.ipynb #a62a76d1
 def _data_url(img)->str:
@@ -481,6 +500,7 @@ class EndpointVLM:
         self.model_name = f'{self.model} @ {self.url}'
     def __repr__(self): return f"EndpointVLM({self.url!r}, model={self.model!r})"
 
+# %% ../nbs/12_ask.ipynb #cbc3bf66
 @patch
 def _fail(self:EndpointVLM, e:Exception):
     "`e` from the openai client as a `VLMUnavailableError` (or `ContextTooSmallError`) that says what to do."
@@ -509,6 +529,7 @@ def _fail(self:EndpointVLM, e:Exception):
     return VLMUnavailableError(f"VLM endpoint {self.url} refused the request ({e.status_code}: {msg}). "
                                "Check the model name (model=..., --vlm-model) and that the server can read images.")
 
+# %% ../nbs/12_ask.ipynb #0eb3fce3
 @patch
 def _only_model(self:EndpointVLM)->str:
     "The one model the endpoint lists (else an error asking to name one)."
@@ -572,6 +593,7 @@ TINY_VLM_BANNER = """
 ################################################################################
 """.strip('\n')
 
+# %% ../nbs/12_ask.ipynb #d5c9c18c
 def _params(cls)->set:
     import inspect
     return set(inspect.signature(cls.__init__).parameters) - {'self'}

@@ -16,7 +16,7 @@ from .core import ColPaliMilvusError, ModelUnavailableError, data_path
 
 # %% auto #0
 __all__ = ['DEMO_QUERIES', 'DEMO_QUESTION', 'format_results', 'format_documents', 'results_json', 'format_citations',
-           'demo_model', 'run_demo', 'demo_vlm', 'demo_ask', 'parse_where', 'search_queries', 'main']
+           'demo_model', 'demo_vlm', 'demo_ask', 'run_demo', 'parse_where', 'search_queries', 'main']
 
 # %% ../nbs/08_cli.ipynb #48806448
 def _ranked_table(query:str, results:list, where:str, width:str, place, empty:str)->str:
@@ -69,32 +69,6 @@ def demo_model(model:str|None, # requested model, or None for the default with a
         print(TINY_BANNER, file=out); print(f"Reason: {e}\n", file=out)
         return 'tiny'
 
-def run_demo(db:str='demo_out/demo.db', # database for the demo
-             model:str|None=None, # model; None: vidore/colpali-v1.2, or the tiny model when it cannot be had
-             k:int=3, # pages per query
-             out=sys.stdout,
-             # VLM for the demo question; None: SmolVLM-256M-Instruct, or the tiny VLM when it cannot be had
-             vlm:str|None=None
-            ):
-    "Index the bundled sample PDF and print the ranked pages for two example queries."
-    from colpali_milvus.index import ColPaliIndex
-    model = demo_model(model, out)
-    t0 = time.perf_counter()
-    idx = ColPaliIndex(db, collection='demo', model=model)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        added = idx.add(data_path('sample.pdf'), progress=out is sys.stdout)
-        t1 = time.perf_counter()
-        print(f"Indexed {data_path('sample.pdf').name}: {len(idx)} pages in {db} "
-              f"({len(added)} encoded; {t1-t0:.1f} s with loading the model) with model {idx.model}\n", file=out)
-        for q in DEMO_QUERIES: print(format_results(q, idx.search(q, k=k)), '\n', file=out)
-    print(f"Searched {len(DEMO_QUERIES)} queries in {time.perf_counter()-t1:.2f} s.", file=out)
-    if getattr(idx.encoder, 'is_tiny', False):
-        print("\nNOTE: these rankings come from the tiny RANDOM model and are meaningless (see the banner above).",
-              file=out)
-    demo_ask(idx, vlm, out)
-    idx.close()
-
 # %% ../nbs/08_cli.ipynb #bde3a246
 DEMO_QUESTION = "What does the ColBERT performance table compare?"
 
@@ -123,28 +97,61 @@ def demo_ask(idx, # the demo's index
     if ans.is_tiny:
         print("NOTE: this answer comes from the tiny RANDOM VLM and is meaningless (see the banner above).", file=out)
 
+# %% ../nbs/08_cli.ipynb #ce26242a
+def run_demo(db:str='demo_out/demo.db', # database for the demo
+             model:str|None=None, # model; None: vidore/colpali-v1.2, or the tiny model when it cannot be had
+             k:int=3, # pages per query
+             out=sys.stdout,
+             # VLM for the demo question; None: SmolVLM-256M-Instruct, or the tiny VLM when it cannot be had
+             vlm:str|None=None
+            ):
+    "Index the bundled sample PDF and print the ranked pages for two example queries."
+    from colpali_milvus.index import ColPaliIndex
+    model = demo_model(model, out)
+    t0 = time.perf_counter()
+    idx = ColPaliIndex(db, collection='demo', model=model)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        added = idx.add(data_path('sample.pdf'), progress=out is sys.stdout)
+        t1 = time.perf_counter()
+        print(f"Indexed {data_path('sample.pdf').name}: {len(idx)} pages in {db} "
+              f"({len(added)} encoded; {t1-t0:.1f} s with loading the model) with model {idx.model}\n", file=out)
+        for q in DEMO_QUERIES: print(format_results(q, idx.search(q, k=k)), '\n', file=out)
+    print(f"Searched {len(DEMO_QUERIES)} queries in {time.perf_counter()-t1:.2f} s.", file=out)
+    if getattr(idx.encoder, 'is_tiny', False):
+        print("\nNOTE: these rankings come from the tiny RANDOM model and are meaningless (see the banner above).",
+              file=out)
+    demo_ask(idx, vlm, out)
+    idx.close()
+
 # %% ../nbs/08_cli.ipynb #5b3829b9
-def _parser()->argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='colpali-milvus',
-                                description='Multimodal retrieval of PDF pages with ColPali and Milvus.')
-    sub = p.add_subparsers(dest='cmd', required=True)
-    def common(s):
-        s.add_argument('--db', default='colpali.db', help='Milvus Lite file or server uri (default: colpali.db)')
-        s.add_argument('--token', default=os.environ.get('MILVUS_TOKEN', ''),
-                       help='Milvus server token (or $MILVUS_TOKEN)')
-        s.add_argument('--collection', default='colpali', help='collection name (default: colpali)')
-        s.add_argument('--model', default=None,
-                       help='hub id, local folder or "tiny" '
-                       '(default: the collection\'s model, else vidore/colpali-v1.2)')
-        s.add_argument('--device', default=None, help='cuda, mps or cpu (default: fastest available)')
-    s = sub.add_parser('index', help='add PDFs, images or folders to the index'); common(s)
+def _common(s):
+    "The options of every command but `demo`: the index (database, credentials, collection), the model and device."
+    s.add_argument('--db', default='colpali.db', help='Milvus Lite file or server uri (default: colpali.db)')
+    s.add_argument('--token', default=os.environ.get('MILVUS_TOKEN', ''),
+                   help='Milvus server token (or $MILVUS_TOKEN)')
+    s.add_argument('--collection', default='colpali', help='collection name (default: colpali)')
+    s.add_argument('--model', default=None,
+                   help='hub id, local folder or "tiny" '
+                   '(default: the collection\'s model, else vidore/colpali-v1.2)')
+    s.add_argument('--device', default=None, help='cuda, mps or cpu (default: fastest available)')
+
+def _index_args(sub):
+    "Add the `index` command: files to add, and how."
+    s = sub.add_parser('index', help='add PDFs, images or folders to the index')
+    _common(s)
     s.add_argument('paths', nargs='+'); s.add_argument('--pages-dir', default=None)
     s.add_argument('--batch-size', type=int, default=4); s.add_argument('--password', default=None)
     s.add_argument('--skip-errors', action='store_true',
                    help='report bad files and index the rest (exit status 1 if any)')
     s.add_argument('--metadata', default=None, help='JSON object stored with every page added, e.g. \'{"year": 2024}\'')
     s.add_argument('--no-progress', action='store_true', help='no progress bar')
-    s = sub.add_parser('search', help='rank indexed pages for a query'); common(s)
+
+# %% ../nbs/08_cli.ipynb #9b3103e9
+def _search_args(sub):
+    "Add the `search` command: queries, filters and output."
+    s = sub.add_parser('search', help='rank indexed pages for a query')
+    _common(s)
     s.add_argument('query', nargs='*', help='the query (its words are joined into one query)')
     s.add_argument('-q', '--query', dest='more', action='append', default=[], help='one more query (repeatable)')
     s.add_argument('--queries-file', default=None, help='a text file of queries, one per line')
@@ -155,8 +162,12 @@ def _parser()->argparse.ArgumentParser:
                    help='only pages whose metadata KEY equals VALUE (a JSON value or plain text; repeatable)')
     s.add_argument('--documents', action='store_true',
                    help='rank documents (scored by their best page) instead of pages')
+
+# %% ../nbs/08_cli.ipynb #eadacf5f
+def _ask_args(sub):
+    "Add the `ask` command: the question, the VLM and its options."
     s = sub.add_parser('ask', help='answer a question from the best pages with a vision-language model, citing them')
-    common(s)
+    _common(s)
     s.add_argument('question', nargs='+', help='the question (its words are joined)')
     s.add_argument('-k', type=int, default=3)
     s.add_argument('--vlm', default=None,
@@ -170,9 +181,17 @@ def _parser()->argparse.ArgumentParser:
     s.add_argument('--where', action='append', default=None, metavar='KEY=VALUE',
                    help='only pages whose metadata match')
     s.add_argument('--json', action='store_true', help='print the answer object as JSON (no streaming)')
-    s = sub.add_parser('remove', help='delete files (or every file under folders) from the index'); common(s)
+
+# %% ../nbs/08_cli.ipynb #bfb158a8
+def _parser()->argparse.ArgumentParser:
+    "The `colpali-milvus` argument parser."
+    p = argparse.ArgumentParser(prog='colpali-milvus',
+                                description='Multimodal retrieval of PDF pages with ColPali and Milvus.')
+    sub = p.add_subparsers(dest='cmd', required=True)
+    _index_args(sub); _search_args(sub); _ask_args(sub)
+    s = sub.add_parser('remove', help='delete files (or every file under folders) from the index'); _common(s)
     s.add_argument('paths', nargs='+')
-    s = sub.add_parser('info', help='what is indexed'); common(s)
+    s = sub.add_parser('info', help='what is indexed'); _common(s)
     s = sub.add_parser('demo', help='index the bundled sample PDF and run two example queries')
     s.add_argument('--db', default='demo_out/demo.db'); s.add_argument('--model', default=None)
     s.add_argument('-k', type=int, default=3)
@@ -241,6 +260,18 @@ def _ask_cmd(idx, args)->int:
     print('\n\n' + format_citations(ans))
     return 0
 
+# %% ../nbs/08_cli.ipynb #3dd2a96f
+def _search_cmd(idx, args)->int:
+    "Run `colpali-milvus search`: a table of ranked pages (or documents) per query, or JSON."
+    queries = search_queries(args.query, args.more, args.queries_file)
+    res = idx.search(queries, k=args.k, sources=args.source, where=parse_where(args.where),
+                     documents=args.documents)
+    fmt = format_documents if args.documents else format_results
+    if args.json:
+        print(json.dumps([results_json(q, r) for q, r in zip(queries, res)], indent=1, ensure_ascii=False))
+    else: print('\n\n'.join(fmt(q, r) for q, r in zip(queries, res)))
+    return 0
+
 # %% ../nbs/08_cli.ipynb #2a555930
 def main(argv:list|None=None # arguments (default: sys.argv[1:])
         )->int:
@@ -256,14 +287,7 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
         try:
             if args.cmd == 'index': rc = _index_cmd(idx, args)
             elif args.cmd == 'ask': rc = _ask_cmd(idx, args)
-            elif args.cmd == 'search':
-                queries = search_queries(args.query, args.more, args.queries_file)
-                res = idx.search(queries, k=args.k, sources=args.source, where=parse_where(args.where),
-                                 documents=args.documents)
-                fmt = format_documents if args.documents else format_results
-                if args.json:
-                    print(json.dumps([results_json(q, r) for q, r in zip(queries, res)], indent=1, ensure_ascii=False))
-                else: print('\n\n'.join(fmt(q, r) for q, r in zip(queries, res)))
+            elif args.cmd == 'search': rc = _search_cmd(idx, args)
             elif args.cmd == 'remove':
                 n = idx.remove(args.paths)
                 print(f"Removed {n} pages; {len(idx)} pages left in {args.db}:{args.collection}.")

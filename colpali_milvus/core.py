@@ -28,6 +28,7 @@ class SourceFileError(ColPaliMilvusError, ValueError):
 
 PDFError = SourceFileError   # its name before it covered images and paths too: `except PDFError` still works
 
+# %% ../nbs/00_core.ipynb #5725baf1
 class PopplerMissingError(ColPaliMilvusError, RuntimeError):
     "poppler's `pdftoppm`/`pdfinfo` are not installed."
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 from colpali_milvus.core import (
     ColPaliMilvusError,
@@ -162,29 +163,25 @@ def _fix_hint(name:str)->str:
             f"  3. give this machine access to {constants.ENDPOINT}.")
 
 # %% ../nbs/02_encode.ipynb #e03f4b23
-def _resolve(name, timeout:float=5.0)->tuple:
-    "(folder or hub id for display, what to pass to from_pretrained, local_files_only) for model `name`."
-    s = str(name)
-    p = Path(s).expanduser()
-    if p.exists():
-        if not p.is_dir():
-            raise ModelUnavailableError(f"{p}: is a file; pass the model's folder (the one holding config.json) "
-                                        "or a hub id.")
-        has_cfg, has_adapter = (p/'config.json').is_file(), (p/'adapter_config.json').is_file()
-        if not (has_cfg or has_adapter):
-            raise ModelUnavailableError(f"{p}: has neither config.json nor adapter_config.json, "
-                                        "so it is not a saved model. "
-                                        "Pass the folder `save_pretrained` or `hf download --local-dir` wrote, "
-                                        f"or a hub id like {DEFAULT_MODEL!r}.")
-        local = True
-        if has_adapter and not has_cfg:  # transformers loads the base named in adapter_config.json
-            local = _resolve(_adapter_base(p), timeout)[2]
-        return str(p.resolve()), str(p.resolve()), local
-    if not _is_repo_id(s):
-        raise ModelUnavailableError(f"{s!r}: there is no such folder, and it is not a Hugging Face hub id either "
-                                    f"(those look like {DEFAULT_MODEL!r}). Check the path.")
-    offline = _env_offline()
-    if not offline and hub_reachable(timeout): return s, s, False
+def _resolve_folder(p:Path, timeout:float)->tuple:
+    "`_resolve` for a path that exists: (folder, folder, local_files_only) once it is known to hold a saved model."
+    if not p.is_dir():
+        raise ModelUnavailableError(f"{p}: is a file; pass the model's folder (the one holding config.json) "
+                                    "or a hub id.")
+    has_cfg, has_adapter = (p/'config.json').is_file(), (p/'adapter_config.json').is_file()
+    if not (has_cfg or has_adapter):
+        raise ModelUnavailableError(f"{p}: has neither config.json nor adapter_config.json, "
+                                    "so it is not a saved model. "
+                                    "Pass the folder `save_pretrained` or `hf download --local-dir` wrote, "
+                                    f"or a hub id like {DEFAULT_MODEL!r}.")
+    local = True
+    if has_adapter and not has_cfg:  # transformers loads the base named in adapter_config.json
+        local = _resolve(_adapter_base(p), timeout)[2]
+    return str(p.resolve()), str(p.resolve()), local
+
+# %% ../nbs/02_encode.ipynb #44205e8c
+def _from_cache(s:str, offline:bool, timeout:float)->tuple:
+    "`_resolve` for a hub id the hub cannot serve now: its local cache folder, or a `ModelUnavailableError` saying why."
     from huggingface_hub import constants, snapshot_download
     why = ('HF_HUB_OFFLINE is set' if offline else
            f"the Hugging Face hub ({constants.ENDPOINT}) did not answer within {timeout:g} s (no internet?)")
@@ -200,6 +197,19 @@ def _resolve(name, timeout:float=5.0)->tuple:
                                     f"({snap}: no weight files).\n" + _fix_hint(s))
     if adapter: _resolve(_adapter_base(snap), timeout)
     return str(snap), s, True
+
+# %% ../nbs/02_encode.ipynb #239bc28f
+def _resolve(name, timeout:float=5.0)->tuple:
+    "(folder or hub id for display, what to pass to from_pretrained, local_files_only) for model `name`."
+    s = str(name)
+    p = Path(s).expanduser()
+    if p.exists(): return _resolve_folder(p, timeout)
+    if not _is_repo_id(s):
+        raise ModelUnavailableError(f"{s!r}: there is no such folder, and it is not a Hugging Face hub id either "
+                                    f"(those look like {DEFAULT_MODEL!r}). Check the path.")
+    offline = _env_offline()
+    if not offline and hub_reachable(timeout): return s, s, False
+    return _from_cache(s, offline, timeout)
 
 def resolve_model(name_or_path:str=DEFAULT_MODEL, # local model folder or Hugging Face hub id
                   timeout:float=5.0 # seconds to wait for the hub to answer before using the local cache
@@ -282,10 +292,13 @@ def load_image(x)->'Image.Image':
         raise SourceFileError(path, f'cannot be read as an image ({e}).',
                               'Pass a PNG or JPEG file, or a PIL image.') from None
 
-# %% ../nbs/02_encode.ipynb #1cfe652a
+# %% ../nbs/02_encode.ipynb #955a510a
 class TinyModelWarning(UserWarning):
     "Warns that the tiny random test model is in use."
 
+def _check_bs(bs)->int: return positive_int(bs, 'batch_size', 'pages or queries per forward pass', EncoderOptionError)
+
+# %% ../nbs/02_encode.ipynb #1cfe652a
 class ColPaliEncoder:
     "Load a ColPali, ColQwen2, ColQwen2.5 or ColSmol model; encode page images and queries as float32 multi-vectors."
     def __init__(self,
@@ -311,25 +324,30 @@ class ColPaliEncoder:
             warnings.warn(f"{self.path} is a tiny RANDOMLY INITIALISED {self.family}: its rankings are meaningless "
                           "(see colpali_milvus.tiny.TINY_BANNER for how to get the real model).",
                           TinyModelWarning, stacklevel=2)
-        import colpali_engine.models as M
-        try:
-            self.model = getattr(M, fam.model_cls).from_pretrained(target, dtype=self.dtype, device_map=self.device,
-                                                                   local_files_only=local_only).eval()
-            self.processor = getattr(M, fam.processor_cls).from_pretrained(target, local_files_only=local_only)
-        except OSError as e:
-            raise ModelUnavailableError(f"Model {self.model_name!r} ({self.path}) could not be loaded: {e}\n"
-                                        + _fix_hint(self.model_name)) from e
-        self.dim = int(getattr(self.model, 'dim', 128))
-        inner = getattr(getattr(self.model, 'model', None), 'model', None)
-        from transformers.models.paligemma.modeling_paligemma import PaliGemmaModel
-        self._inner = inner if isinstance(inner, PaliGemmaModel) else None  # else fall back to ColPali.forward
+        self._load(fam, target, local_only)
 
-    def __repr__(self):
-        return (f"ColPaliEncoder(model={self.model_name!r}, family={self.family!r}, device={self.device!r}, "
-                f"dtype={self.dtype}, dim={self.dim}, batch_size={self.batch_size}"
-                f"{', TINY RANDOM' if self.is_tiny else ''})")
+# %% ../nbs/02_encode.ipynb #1a1075da
+@patch
+def _load(self:ColPaliEncoder, fam:Family, target:str, local_only:bool):
+    "Load the family's colpali-engine model and processor; keep PaliGemma's inner model to call it directly."
+    import colpali_engine.models as M
+    try:
+        self.model = getattr(M, fam.model_cls).from_pretrained(target, dtype=self.dtype, device_map=self.device,
+                                                               local_files_only=local_only).eval()
+        self.processor = getattr(M, fam.processor_cls).from_pretrained(target, local_files_only=local_only)
+    except OSError as e:
+        raise ModelUnavailableError(f"Model {self.model_name!r} ({self.path}) could not be loaded: {e}\n"
+                                    + _fix_hint(self.model_name)) from e
+    self.dim = int(getattr(self.model, 'dim', 128))
+    inner = getattr(getattr(self.model, 'model', None), 'model', None)
+    from transformers.models.paligemma.modeling_paligemma import PaliGemmaModel
+    self._inner = inner if isinstance(inner, PaliGemmaModel) else None  # else fall back to ColPali.forward
 
-def _check_bs(bs)->int: return positive_int(bs, 'batch_size', 'pages or queries per forward pass', EncoderOptionError)
+@patch
+def __repr__(self:ColPaliEncoder):
+    return (f"ColPaliEncoder(model={self.model_name!r}, family={self.family!r}, device={self.device!r}, "
+            f"dtype={self.dtype}, dim={self.dim}, batch_size={self.batch_size}"
+            f"{', TINY RANDOM' if self.is_tiny else ''})")
 
 # %% ../nbs/02_encode.ipynb #ba9deea6
 _DROP_KEYS = {'labels', 'suffix'}
@@ -377,6 +395,8 @@ def encode_images(self:ColPaliEncoder,
             bar.update(len(images[i:i+bs]))
     return res
 
+ColPaliEncoder.encode_images = encode_images
+
 # %% ../nbs/02_encode.ipynb #cdee205f
 def encode_queries(self:ColPaliEncoder,
                    queries, # a query or a list of them
@@ -395,7 +415,6 @@ def encode_queries(self:ColPaliEncoder,
             res += _split(self._forward(batch), batch['attention_mask'])
     return res
 
-ColPaliEncoder.encode_images = encode_images
 ColPaliEncoder.encode_queries = encode_queries
 
 # %% ../nbs/02_encode.ipynb #814eb734

@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING
 
 from fastcore.basics import patch
 
+# %% auto #0
+__all__ = ['MAX_NAME', 'page_id_for', 'check_collection_name', 'ColPaliIndex']
+
+# %% ../nbs/07_index.ipynb #df0a1714
 from colpali_milvus.core import (
     AddReport,
     CollectionNotFoundError,
@@ -43,9 +47,6 @@ from colpali_milvus.store import (
 
 if TYPE_CHECKING:
     from colpali_milvus.simmap import Explorer
-
-# %% auto #0
-__all__ = ['MAX_NAME', 'page_id_for', 'check_collection_name', 'ColPaliIndex']
 
 # %% ../nbs/07_index.ipynb #1c6f708b
 def page_id_for(source:str, # absolute path of the page's file
@@ -99,40 +100,54 @@ class ColPaliIndex:
                  **retriever_kwargs # passed to `MilvusColbertRetriever` (n_candidates, refresh_s, timeout, ...)
                 ):
         self.uri, self.collection = str(uri), check_collection_name(collection)
-        if encoder is not None and model is None: model = encoder.model_name
-        if encoder is not None and model != encoder.model_name:
-            raise ValueError(f"model={model!r} but the encoder given is {encoder.model_name!r}: pass one of them.")
-        fresh = is_local_uri(self.uri) and str(Path(self.uri).expanduser().absolute()) not in lite_servers()
-        self.client = open_client(self.uri, token)
-        try:
-            self.retriever = MilvusColbertRetriever(self.client, collection, **retriever_kwargs)
-            props = self.retriever.properties() if self.retriever.exists() else {}
-            built = props.get('colpali_milvus.model')
-            if built and model and str(model) != built:
-                raise ModelMismatchError(
-                    f"Collection {collection!r} was built with model {built!r}, not {model!r}: vectors of different "
-                    "models cannot be compared. Open it without `model` (its own model is used), "
-                    "or use another collection.")
-            self.model = str(model or built or DEFAULT_MODEL)
-            self.token_pool_factor = _check_pool_factor(collection, token_pool_factor, props)
-            self._encoder = None
-            if encoder is not None: self._check_dim(encoder.dim); self._encoder = encoder
-        except BaseException:
-            if fresh: close_client(self.client, self.uri)  # release a Lite db this call opened; others may share it
-            raise
-        if pages_dir is None:
-            pages_dir = ((Path(self.uri).parent/f"{Path(self.uri).stem}_pages") if is_local_uri(self.uri)
-                         else Path('colpali_pages'))
-        self.pages_dir = Path(pages_dir).expanduser().absolute()
+        self._open(token, model, encoder, token_pool_factor, retriever_kwargs)
+        self.pages_dir = Path(_default_pages_dir(self.uri) if pages_dir is None else pages_dir).expanduser().absolute()
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
 
-    def __repr__(self): return f"ColPaliIndex(uri={self.uri!r}, collection={self.collection!r}, model={self.model!r})"
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
+# %% ../nbs/07_index.ipynb #84a35acd
+def _default_pages_dir(uri:str # a Milvus Lite file or a server address
+                      )->Path:
+    "Where page images go by default: `<db name>_pages` next to a Lite database, else ./colpali_pages."
+    return (Path(uri).parent/f"{Path(uri).stem}_pages") if is_local_uri(uri) else Path('colpali_pages')
 
-    def close(self):
-        "Close the Milvus connection; a Milvus Lite database is released so another process can open it."
-        close_client(self.client, self.uri)
+@patch
+def _open(self:ColPaliIndex, token:str, model, encoder, token_pool_factor, retriever_kwargs:dict):
+    "Open the client and the retriever; check the model, its dimension and the pool factor against the collection."
+    if encoder is not None and model is None: model = encoder.model_name
+    if encoder is not None and model != encoder.model_name:
+        raise ValueError(f"model={model!r} but the encoder given is {encoder.model_name!r}: pass one of them.")
+    fresh = is_local_uri(self.uri) and str(Path(self.uri).expanduser().absolute()) not in lite_servers()
+    self.client = open_client(self.uri, token)
+    try:
+        self.retriever = MilvusColbertRetriever(self.client, self.collection, **retriever_kwargs)
+        props = self.retriever.properties() if self.retriever.exists() else {}
+        built = props.get('colpali_milvus.model')
+        if built and model and str(model) != built:
+            raise ModelMismatchError(
+                f"Collection {self.collection!r} was built with model {built!r}, not {model!r}: vectors of different "
+                "models cannot be compared. Open it without `model` (its own model is used), "
+                "or use another collection.")
+        self.model = str(model or built or DEFAULT_MODEL)
+        self.token_pool_factor = _check_pool_factor(self.collection, token_pool_factor, props)
+        self._encoder = None
+        if encoder is not None: self._check_dim(encoder.dim); self._encoder = encoder
+    except BaseException:
+        if fresh: close_client(self.client, self.uri)  # release a Lite db this call opened; others may share it
+        raise
+
+# %% ../nbs/07_index.ipynb #4cf1af25
+@patch
+def __repr__(self:ColPaliIndex):
+    return f"ColPaliIndex(uri={self.uri!r}, collection={self.collection!r}, model={self.model!r})"
+@patch
+def __enter__(self:ColPaliIndex): return self
+@patch
+def __exit__(self:ColPaliIndex, *exc): self.close()
+
+@patch
+def close(self:ColPaliIndex):
+    "Close the Milvus connection; a Milvus Lite database is released so another process can open it."
+    close_client(self.client, self.uri)
 
 # %% ../nbs/07_index.ipynb #3f4001e0
 @patch
@@ -273,6 +288,63 @@ def _add_file(self:ColPaliIndex, src, todo:list, metadata, password, chunk:int, 
     return done
 
 # %% ../nbs/07_index.ipynb #1834562e
+def _failer(report:AddReport, # where skipped files are listed
+            on_error:str # 'raise' or 'skip'
+           ):
+    "`failed(where, e)`: raise `e` (on_error='raise'), or list it in `report` and warn ('skip')."
+    if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
+    def failed(where, e, stacklevel=4):
+        if on_error == 'raise': raise e
+        report.errors[_display(where)] = str(e)
+        warnings.warn(f"Skipping {e}", stacklevel=stacklevel)
+    return failed
+
+def _probed(paths, pages_dir, password):
+    "Each input file with its `probe` (page count and hash), or with the `SourceFileError` that stops it."
+    for f in iter_inputs(paths, pages_dir):
+        if isinstance(f, SourceFileError): yield f.path, f; continue
+        try: _check_storable(f); yield f, probe(f, password)
+        except SourceFileError as e: yield f, e
+
+def _file_error(name:str, e:Exception)->SourceFileError:
+    "`e` as the `SourceFileError` of file `name`."
+    return e if isinstance(e, SourceFileError) else SourceFileError(name, f'could not be indexed: {e}')
+
+# %% ../nbs/07_index.ipynb #cbd66a18
+@patch
+def _plans(self:ColPaliIndex, sources:list, metadata)->tuple[list, dict]:
+    "(file, pages to encode, pages to relabel) for each of `sources`, and the stored page rows by source."
+    table = self._page_table()
+    by_source = {}   # source -> its stored page rows (one pass over the table, not one per file)
+    for pid, r in table.items(): by_source.setdefault(r['source'], {})[pid] = r
+    return [(src, *self._plan(src, table, metadata)) for src in sources], by_source
+
+@patch
+def _drop_stale(self:ColPaliIndex, src, todo:list, old:dict, report:AddReport)->set:
+    "Report the pages of `src` encoded, delete its `old` pages beyond its length; the old page images it replaced."
+    name = str(src.path)
+    if todo: report.indexed[name] = len(todo)
+    keep = {page_id_for(name, p) for p in range(1, src.pages + 1)}
+    stale = [pid for pid in old if pid not in keep]
+    if stale: self.retriever.delete_pages(stale); report.removed += len(stale)
+    return {r['image_path'] for r in old.values()} if todo or stale else set()
+
+# %% ../nbs/07_index.ipynb #1f68aca9
+@patch
+def _drop_images(self:ColPaliIndex, paths:set, # page images that pages no longer use...
+                 used:set # ...unless a stored page still does
+                ):
+    "Delete the page images in `paths` that no stored page uses (only inside `pages_dir`), and folders left empty."
+    for p in paths - used:
+        png = Path(p)
+        if png.is_relative_to(self.pages_dir): png.unlink(missing_ok=True)
+    for folder in {Path(p).parent for p in paths}:
+        if folder.is_relative_to(self.pages_dir) and folder.is_dir() and not any(folder.glob('page-*.png')):
+            (folder/'render.json').unlink(missing_ok=True)
+            try: folder.rmdir()
+            except OSError: pass
+
+# %% ../nbs/07_index.ipynb #11a6dcff
 @patch
 def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of them
         on_error:str='raise', # 'raise' stops at the first bad file; 'skip' warns, indexes the rest and reports it
@@ -282,47 +354,38 @@ def add(self:ColPaliIndex, paths, # PDF or image files, folders, or a list of th
         chunk:int|None=None # pages rendered, encoded and committed per step (default: 4 x batch_size)
        )->AddReport:
     "Index the files in `paths`; returns the pages encoded (an `AddReport`, also listing unchanged and failed files)."
-    from tqdm.auto import tqdm
-    if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
-    metadata, chunk = _check_metadata(metadata), chunk or self.batch_size * 4
     report = AddReport()
-    def failed(where, e):
-        if on_error == 'raise': raise e
-        report.errors[_display(where)] = str(e)
-        warnings.warn(f"Skipping {e}", stacklevel=4)
+    failed = _failer(report, on_error)
+    metadata, chunk = _check_metadata(metadata), chunk or self.batch_size * 4
     sources = []
-    for f in iter_inputs(paths, self.pages_dir):
-        if isinstance(f, SourceFileError): failed(f.path, f); continue
-        try: _check_storable(f); sources.append(probe(f, password))
-        except SourceFileError as e: failed(f, e)
+    for f, got in _probed(paths, self.pages_dir, password):
+        if isinstance(got, SourceFileError): failed(f, got)
+        else: sources.append(got)
     if not sources: return report
     self._ensure_collection()
     self._check_dim(self.encoder.dim)
-    table = self._page_table()
-    by_source = {}   # source -> its stored page rows (one pass over the table, not one per file)
-    for pid, r in table.items(): by_source.setdefault(r['source'], {})[pid] = r
-    plans = [(src, *self._plan(src, table, metadata)) for src in sources]
+    plans, by_source = self._plans(sources, metadata)
+    replaced = self._index_plans(plans, by_source, metadata, password, chunk, progress, report, failed)
+    if replaced:   # a changed file's old page images (another folder: it is named by content hash), unless still used
+        self._drop_images(replaced, {r['image_path'] for r in self._page_table().values()})
+    return report
+
+# %% ../nbs/07_index.ipynb #d67f30ff
+@patch
+def _index_plans(self:ColPaliIndex, plans, by_source, metadata, password, chunk, progress, report, failed)->set:
+    "Encode and store what `plans` say, file by file; the old page images replaced."
+    from tqdm.auto import tqdm
     replaced = set()
     with tqdm(total=sum(len(t) for _, t, _ in plans), unit='page', desc='indexing', disable=not progress) as bar:
         for src, todo, relabel in plans:
-            name = str(src.path)
-            if not todo and not relabel: report.unchanged.append(name)
+            if not todo and not relabel: report.unchanged.append(str(src.path))
             try:
                 if relabel: self._relabel(relabel, metadata)
                 if todo: report += self._add_file(src, todo, metadata, password, chunk, bar)
             except (SourceFileError, DimensionMismatchError, ValueError) as e:
-                failed(src.path, e if isinstance(e, SourceFileError)
-                       else SourceFileError(name, f'could not be indexed: {e}'))
-                continue
-            if todo: report.indexed[name] = len(todo)
-            old = by_source.get(name, {})
-            keep = {page_id_for(name, p) for p in range(1, src.pages + 1)}
-            stale = [pid for pid in old if pid not in keep]
-            if stale: self.retriever.delete_pages(stale); report.removed += len(stale)
-            if todo or stale: replaced |= {r['image_path'] for r in old.values()}
-    if replaced:   # a changed file's old page images (another folder: it is named by content hash), unless still used
-        self._drop_images(replaced, {r['image_path'] for r in self._page_table().values()})
-    return report
+                failed(src.path, _file_error(str(src.path), e), stacklevel=5); continue
+            replaced |= self._drop_stale(src, todo, by_source.get(str(src.path), {}), report)
+    return replaced
 
 # %% ../nbs/07_index.ipynb #72636645
 def _matches(stored:str, wanted:str)->bool:
@@ -344,21 +407,6 @@ def _resolve_sources(self:ColPaliIndex, sources, table:dict)->dict:
                                       f"(indexed: {shown}). `index.sources()` lists every indexed file.")
         picked |= hit
     return {pid: r for pid, r in table.items() if r['source'] in picked}
-
-# %% ../nbs/07_index.ipynb #1f68aca9
-@patch
-def _drop_images(self:ColPaliIndex, paths:set, # page images that pages no longer use...
-                 used:set # ...unless a stored page still does
-                ):
-    "Delete the page images in `paths` that no stored page uses (only inside `pages_dir`), and folders left empty."
-    for p in paths - used:
-        png = Path(p)
-        if png.is_relative_to(self.pages_dir): png.unlink(missing_ok=True)
-    for folder in {Path(p).parent for p in paths}:
-        if folder.is_relative_to(self.pages_dir) and folder.is_dir() and not any(folder.glob('page-*.png')):
-            (folder/'render.json').unlink(missing_ok=True)
-            try: folder.rmdir()
-            except OSError: pass
 
 # %% ../nbs/07_index.ipynb #34692cc1
 @patch
@@ -450,6 +498,20 @@ def _documents(self:ColPaliIndex, qv, k:int, allowed)->list[DocumentResult]:
     return [DocumentResult(rank=i+1, score=ps[0].score, source=src, pages=ps, metadata=ps[0].metadata)
             for i, (src, ps) in enumerate(list(docs.items())[:k])]
 
+# %% ../nbs/07_index.ipynb #b1ed9841
+@patch
+def _check_search(self:ColPaliIndex, k):
+    "Raise a clear error unless the collection exists and `k` is a positive int."
+    self._require_collection()
+    positive_int(k, 'k', 'pages or documents per query')
+
+@patch
+def _rank(self:ColPaliIndex, qv, k:int, allowed, documents:bool)->list:
+    "Results for one query's vectors `qv` among the `allowed` page ids (None: all)."
+    if documents: return self._documents(qv, k, allowed)
+    if allowed is not None and not allowed: return []
+    return self._hits(self.retriever.search_pages(qv, k, page_ids=allowed))
+
 # %% ../nbs/07_index.ipynb #f7cf717c
 @patch
 def search(self:ColPaliIndex, query, # a question in plain words, or a list of them
@@ -470,19 +532,6 @@ def search(self:ColPaliIndex, query, # a question in plain words, or a list of t
     return out if many else out[0]
 
 # %% ../nbs/07_index.ipynb #232d252d
-@patch
-def _check_search(self:ColPaliIndex, k):
-    "Raise a clear error unless the collection exists and `k` is a positive int."
-    self._require_collection()
-    positive_int(k, 'k', 'pages or documents per query')
-
-@patch
-def _rank(self:ColPaliIndex, qv, k:int, allowed, documents:bool)->list:
-    "Results for one query's vectors `qv` among the `allowed` page ids (None: all)."
-    if documents: return self._documents(qv, k, allowed)
-    if allowed is not None and not allowed: return []
-    return self._hits(self.retriever.search_pages(qv, k, page_ids=allowed))
-
 @patch
 def search_vectors(self:ColPaliIndex,
                    # one query's vectors (n, dim), as `encoder.encode_queries` gives them
@@ -553,6 +602,7 @@ def ask_stream(self:ColPaliIndex, question:str, # the question, in plain words
     return ask_pages(question, pages, v, max_pages=k, max_pixels=max_pixels,
                      timings={'retrieve': time.perf_counter() - t0}, t0=t0)
 
+# %% ../nbs/07_index.ipynb #05999c7f
 @patch
 def ask(self:ColPaliIndex, question:str, # the question, in plain words
         k:int=3, # pages retrieved and given to the VLM

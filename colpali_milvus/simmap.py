@@ -41,6 +41,7 @@ def _vision_int(model, processor, name:str)->int|None:
         if isinstance(v, int) and not isinstance(v, bool) and v > 0: return v
     return None
 
+# %% ../nbs/09_simmap.ipynb #5361a48f
 def processor_grid(processor, # colpali-engine processor: ColPaliProcessor, ColQwen2Processor, ColIdefics3Processor, ...
                image_size:tuple, # (width, height) of the page image, as PIL's `Image.size`
                model=None # the model: its patch size (ColPali, Idefics3) or spatial merge size (ColQwen)
@@ -134,16 +135,8 @@ def _grid_maps(processor, q:np.ndarray, d:np.ndarray, mask:np.ndarray, nx:int, n
         return m.float().numpy().transpose(0, 2, 1)  # colpali-engine's (n, x, y) -> (n, y, x)
     return (q @ d[mask].T).reshape(len(q), ny, nx)  # patches in row-major order, as colpali-engine's "(h w) c" layout
 
-def page_maps(processor, # a colpali-engine processor
-              query_vecs:np.ndarray, # (n_tokens, dim) the query's vectors, as the encoder returns them
-              page_vecs:np.ndarray, # (n_vectors, dim) every stored vector of the page
-              image, # the page as a PIL image (for the patch layout)
-              model=None, # the model (for its patch or merge size)
-              labels=None, # (labels, is_text) of the query vectors; None: numbered tokens
-              grid=None # the encoder's `patch_grid(image)` (vector of each patch); None: worked out from the processor
-             )->PageMaps:
-    "Similarity maps and MaxSim contributions of a query's vectors over a page's patch grid."
-    q, d = np.asarray(query_vecs, np.float32), np.asarray(page_vecs, np.float32)
+def _patch_maps(processor, q:np.ndarray, d:np.ndarray, image, model=None, grid=None)->tuple:
+    "(maps, mask, n_x, n_y): each query vector's similarities on the patch grid, and which vectors of `d` are patches."
     n_made = grid.n_vectors if grid is not None else None
     mask = None if grid is not None else image_token_mask(processor, image)
     if (n_made if grid is not None else len(mask)) != len(d):
@@ -154,21 +147,39 @@ def page_maps(processor, # a colpali-engine processor
     if grid is not None:   # the encoder knows where each patch's vector is (ColSmol's tiles included)
         ny, nx, pos = grid.n_rows, grid.n_cols, np.asarray(grid.positions).reshape(-1)
         mask = np.zeros(len(d), bool); mask[pos] = True
-        maps = (q @ d[pos].T).reshape(len(q), ny, nx)
-    else:
-        nx, ny = processor_grid(processor, image.size, model)
-        if mask.sum() != nx*ny:
-            raise SimilarityMapError(f"{int(mask.sum())} image vectors do not fill the {nx} x {ny} patch grid that "
-                                     f"{type(processor).__name__}.get_n_patches gives for a "
-                                     f"{image.size[0]} x {image.size[1]} image.")
-        maps = _grid_maps(processor, q, d, mask, nx, ny)
+        return (q @ d[pos].T).reshape(len(q), ny, nx), mask, nx, ny
+    nx, ny = processor_grid(processor, image.size, model)
+    if mask.sum() != nx*ny:
+        raise SimilarityMapError(f"{int(mask.sum())} image vectors do not fill the {nx} x {ny} patch grid that "
+                                 f"{type(processor).__name__}.get_n_patches gives for a "
+                                 f"{image.size[0]} x {image.size[1]} image.")
+    return _grid_maps(processor, q, d, mask, nx, ny), mask, nx, ny
+
+# %% ../nbs/09_simmap.ipynb #aac5e9af
+def _contributions(q:np.ndarray, d:np.ndarray, maps:np.ndarray, mask:np.ndarray)->tuple:
+    "(contrib, best, on_image): each patch's MaxSim credit, each query vector's best similarity, and if it is a patch."
     sims = q @ d.T
     best = sims.max(axis=1)
-    contrib = np.zeros((ny, nx), np.float32)
+    contrib = np.zeros(maps.shape[1:], np.float32)
     on_image = mask[sims.argmax(axis=1)]
     for i in np.flatnonzero(on_image):
         y, x = np.unravel_index(maps[i].argmax(), maps[i].shape)
         contrib[y, x] += maps[i, y, x]
+    return contrib, best, on_image
+
+# %% ../nbs/09_simmap.ipynb #83c261fa
+def page_maps(processor, # a colpali-engine processor
+              query_vecs:np.ndarray, # (n_tokens, dim) the query's vectors, as the encoder returns them
+              page_vecs:np.ndarray, # (n_vectors, dim) every stored vector of the page
+              image, # the page as a PIL image (for the patch layout)
+              model=None, # the model (for its patch or merge size)
+              labels=None, # (labels, is_text) of the query vectors; None: numbered tokens
+              grid=None # the encoder's `patch_grid(image)` (vector of each patch); None: worked out from the processor
+             )->PageMaps:
+    "Similarity maps and MaxSim contributions of a query's vectors over a page's patch grid."
+    q, d = np.asarray(query_vecs, np.float32), np.asarray(page_vecs, np.float32)
+    maps, mask, nx, ny = _patch_maps(processor, q, d, image, model, grid)
+    contrib, best, on_image = _contributions(q, d, maps, mask)
     lab, txt = labels if labels is not None else ([f'token {i}' for i in range(len(q))], [True]*len(q))
     if len(lab) != len(q): raise ValueError(f"{len(lab)} labels for {len(q)} query vectors.")
     return PageMaps(list(lab), list(txt), maps, contrib, float(best.sum()), float(best[on_image].sum()), (nx, ny))
@@ -249,43 +260,159 @@ class Explorer:
         self.results, self.cards, self.selected, self.maps, self.error = [], [], None, None, None
         self._maps, self._thread, self._lock, self._gen, self._quiet = {}, None, threading.Lock(), 0, False
         self._hold = False
-        self.box = widgets.Text(placeholder='Type a query and press Enter', continuous_update=False,
-                                layout=widgets.Layout(width='420px'))
-        self.button = widgets.Button(description='Search', icon='search', layout=widgets.Layout(width='auto'))
-        self.progress = widgets.IntProgress(min=0, max=3, layout=widgets.Layout(width='160px', visibility='hidden'))
-        self.status = widgets.HTML()
-        self.box.observe(lambda ch: self.search(ch['new']) if ch['new'].strip() and not self._quiet else None, 'value')
-        self.button.on_click(lambda _: self.search(self.box.value) if self.box.value.strip() else None)
-        top = widgets.HBox([self.box, self.button, self.progress, self.status], layout=widgets.Layout(
-            align_items='center', flex_flow='row wrap', display='flex' if search_box else 'none'))
+        top = self._build_search(search_box)
         self.grid = widgets.GridBox([], layout=widgets.Layout(grid_gap='8px', margin='0 16px 8px 0',
                                                               align_self='flex-start'))
-        self.caption, self.note, self.legend = widgets.HTML(), widgets.HTML(), widgets.HTML()
-        self.token = widgets.Dropdown(description='Token', options=[('all tokens (MaxSim)', ALL_TOKENS)],
-                                      layout=widgets.Layout(width='260px'))
-        self.alpha = widgets.FloatSlider(value=0.6, min=0., max=1., step=0.05, description='Heatmap',
-                                         readout_format='.0%', continuous_update=False,
-                                         layout=widgets.Layout(width='260px'))
-        self.image = widgets.Image(format='png',
-                                   layout=widgets.Layout(max_width='100%', height='auto', object_fit='contain'))
-        self.token.observe(lambda _: self._render(), 'value')
-        self.alpha.observe(lambda _: self._render(), 'value')
-        controls = widgets.HBox([self.token, self.alpha], layout=widgets.Layout(flex_flow='row wrap'))
-        self.large = widgets.VBox([self.caption, self.note, controls, self.legend, self.image], layout=widgets.Layout(
-            padding='6px', border=BORDER, max_width=f'{large_side+16}px', flex='0 1 auto', align_self='flex-start',
-            display='none'))
+        large = self._build_large()
         self.empty = widgets.HTML('<i>Type a query to search the index.</i>')
         self._build_ask(vlm, ask_k)
         left = widgets.VBox([self.grid, self.ask_panel], layout=widgets.Layout(align_self='flex-start'))
-        body = widgets.Box([left, self.large], layout=widgets.Layout(
+        body = widgets.Box([left, large], layout=widgets.Layout(
             display='flex', flex_flow='row wrap', align_items='flex-start', width='100%'))
         self.widget = widgets.VBox([top, self.empty, body])
         if query is not None: self.search(query, background=False)
 
-    def __repr__(self): return f'Explorer({self.query!r}, {len(self.results)} results, selected={self.selected})'
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+# %% ../nbs/09_simmap.ipynb #3fd42a22
+@patch
+def _build_search(self:Explorer, search_box:bool)->widgets.HBox:
+    "The search box, its button, the progress bar and the status line (hidden without `search_box`)."
+    self.box = widgets.Text(placeholder='Type a query and press Enter', continuous_update=False,
+                            layout=widgets.Layout(width='420px'))
+    self.button = widgets.Button(description='Search', icon='search', layout=widgets.Layout(width='auto'))
+    self.progress = widgets.IntProgress(min=0, max=3, layout=widgets.Layout(width='160px', visibility='hidden'))
+    self.status = widgets.HTML()
+    self.box.observe(lambda ch: self.search(ch['new']) if ch['new'].strip() and not self._quiet else None, 'value')
+    self.button.on_click(lambda _: self.search(self.box.value) if self.box.value.strip() else None)
+    return widgets.HBox([self.box, self.button, self.progress, self.status], layout=widgets.Layout(
+        align_items='center', flex_flow='row wrap', display='flex' if search_box else 'none'))
+
+# %% ../nbs/09_simmap.ipynb #932529c4
+@patch
+def _build_large(self:Explorer)->widgets.VBox:
+    "The large view: caption, note, token menu, heatmap slider, legend and the page."
+    self.caption, self.note, self.legend = widgets.HTML(), widgets.HTML(), widgets.HTML()
+    self.token = widgets.Dropdown(description='Token', options=[('all tokens (MaxSim)', ALL_TOKENS)],
+                                  layout=widgets.Layout(width='260px'))
+    self.alpha = widgets.FloatSlider(value=0.6, min=0., max=1., step=0.05, description='Heatmap',
+                                     readout_format='.0%', continuous_update=False,
+                                     layout=widgets.Layout(width='260px'))
+    self.image = widgets.Image(format='png',
+                               layout=widgets.Layout(max_width='100%', height='auto', object_fit='contain'))
+    self.token.observe(lambda _: self._render(), 'value')
+    self.alpha.observe(lambda _: self._render(), 'value')
+    controls = widgets.HBox([self.token, self.alpha], layout=widgets.Layout(flex_flow='row wrap'))
+    self.large = widgets.VBox([self.caption, self.note, controls, self.legend, self.image], layout=widgets.Layout(
+        padding='6px', border=BORDER, max_width=f'{self.large_side+16}px', flex='0 1 auto', align_self='flex-start',
+        display='none'))
+    return self.large
+
+# %% ../nbs/09_simmap.ipynb #bacd0c51
+@patch
+def __repr__(self:Explorer): return f'Explorer({self.query!r}, {len(self.results)} results, selected={self.selected})'
+
+@patch
+def _ipython_display_(self:Explorer):
+    from IPython.display import display
+    display(self.widget)
+
+# %% ../nbs/09_simmap.ipynb #b6f2fa2d
+@patch
+def _build_ask(self:Explorer, vlm, ask_k:int):
+    "The Ask box: a question, the Ask button, the answer as it streams, and one citation button per page given."
+    positive_int(ask_k, 'ask_k', 'pages given to the VLM')
+    self.vlm, self.ask_k, self.answer, self.ask_error, self._ask_thread = vlm, ask_k, None, None, None
+    width = max(340, min(self.ncols, self.k)*(self.thumb_side+32))   # as wide as the gallery
+    self.question = widgets.Text(placeholder='Ask a question about the pages', continuous_update=False,
+                                 layout=widgets.Layout(width=f'{width-96}px'))
+    self.ask_button = widgets.Button(description='Ask', icon='comment', layout=widgets.Layout(width='auto'))
+    self.ask_status, self.answer_html = widgets.HTML(), widgets.HTML(layout=widgets.Layout(width='100%'))
+    self.cites = widgets.HBox([], layout=widgets.Layout(flex_flow='row wrap'))
+    self.ask_button.on_click(lambda _: self.ask(self.question.value) if self.question.value.strip() else None)
+    self._ask_cls = f'cm-ask-{id(self)}'   # lets a [n] marker in the answer find its page's button
+    self.ask_panel = widgets.VBox([widgets.HBox([self.question, self.ask_button], layout=widgets.Layout(width='100%')),
+                                   self.ask_status, self.answer_html, self.cites], layout=widgets.Layout(
+        padding='6px', border=BORDER, margin='0 16px 8px 0', width=f'{width}px', overflow='hidden',
+        display='none' if vlm is None else 'flex'))
+    self.ask_panel.add_class(self._ask_cls)
+
+# %% ../nbs/09_simmap.ipynb #7bbaa2ee
+@patch
+def _page_maps(self:Explorer, r:SearchResult)->tuple:
+    "(PageMaps or None, note): the maps of the current query on page `r`, computed once per page."
+    if r.page_id in self._maps: return self._maps[r.page_id]
+    try:
+        rows = self.index.retriever.page_rows([r.page_id])
+        if r.page_id not in rows: raise SimilarityMapError(f'page {r.page_id} is no longer in the index.')
+        vecs = self.index.retriever.page_vectors(rows)[r.page_id]
+        from colpali_milvus.encode import load_image
+        enc, img, note = self.index.encoder, load_image(r.image_path), ''
+        grid = enc.patch_grid(img)
+        if len(vecs) != grid.n_vectors and rows[r.page_id].get('n_vectors') == len(vecs) \
+           and self.index.token_pool_factor > 1:   # the index keeps pooled vectors: map a fresh encoding of the page
+            vecs, note = (enc.encode_images([img], progress=False)[0],
+                          'map from the page encoded again (the index stores pooled vectors)')
+        out = page_maps(enc.processor, self.query_vecs, vecs, img, enc.model, self.labels, grid), note
+    except (SimilarityMapError, OSError, ValueError) as e:
+        out = None, f'no similarity map: {e}'
+    self._maps[r.page_id] = out
+    return out
+
+# %% ../nbs/09_simmap.ipynb #e607dac5
+@patch
+def _render(self:Explorer):
+    "Draw the selected page large, with the chosen token's map blended at the chosen opacity."
+    if self.selected is None or self._hold: return
+    r = self.results[self.selected]
+    if self.maps is None:
+        self.image.value, _ = page_png(r, self.large_side); self.legend.value = ''; return
+    from colpali_milvus.encode import load_image
+    heat = self.maps.token_map(self.token.value)
+    self.image.value = png_bytes(blend_heatmap(load_image(r.image_path), heat, self.alpha.value, self.large_side))
+    self.legend.value = _legend_html(self.maps, self.token.value)
+
+# %% ../nbs/09_simmap.ipynb #bf611434
+@patch
+def _show_results(self:Explorer, results):
+    "Replace the thumbnails with cards for `results` and select the first."
+    self.results = sorted([as_result(r, i) for i, r in enumerate(results)], key=lambda r: r.rank)
+    self.cards = [result_card(r, on_select=self._on_select(i), thumb_side=self.thumb_side)
+                  for i, r in enumerate(self.results)]
+    self.grid.children = self.cards
+    self.grid.layout.grid_template_columns = (f'repeat({max(1, min(self.ncols, len(self.cards)))}, '
+                                              f'{self.thumb_side+24}px)')
+    self.empty.value = '' if self.results else '<i>No results</i>'
+    self.large.layout.display = 'flex' if self.results else 'none'
+    self.selected = None
+    if self.results: self.select(0)
+
+@patch
+def _on_select(self:Explorer, i:int): return lambda _r: self.select(i)
+
+# %% ../nbs/09_simmap.ipynb #a0d4a85c
+@patch
+def select(self:Explorer, i:int # index of the result in rank order (negative counts from the end)
+          )->Explorer:
+    "Show result `i` large with its similarity map, and highlight its card."
+    n = len(self.results)
+    if not -n <= i < n: raise IndexError(f'result index {i} is out of range: the explorer shows {n} results.')
+    i %= n
+    r = self.results[i]
+    self.selected = i
+    for j, c in enumerate(self.cards):
+        c.layout.border = SELECTED_BORDER if j == i else BORDER
+        c.children[-1].button_style = 'primary' if j == i else ''
+    self.caption.value = caption_html(r, size=14)
+    self.maps, note = self._page_maps(r)
+    self.note.value = note_html(note)
+    keep = self.token.value
+    opts = token_options(self.maps) if self.maps else [('all tokens (MaxSim)', ALL_TOKENS)]
+    self._hold = True  # one drawing, after both changes
+    try:
+        self.token.options = opts
+        self.token.value = keep if keep in [v for _, v in opts] else ALL_TOKENS
+    finally: self._hold = False
+    self._render()
+    return self
 
 # %% ../nbs/09_simmap.ipynb #0bd6c077
 @patch
@@ -346,104 +473,6 @@ def _search(self:Explorer, query:str, gen:int, reraise:bool):
         if reraise: raise
     finally: self.button.disabled = False
 
-# %% ../nbs/09_simmap.ipynb #bf611434
-@patch
-def _show_results(self:Explorer, results):
-    "Replace the thumbnails with cards for `results` and select the first."
-    self.results = sorted([as_result(r, i) for i, r in enumerate(results)], key=lambda r: r.rank)
-    self.cards = [result_card(r, on_select=self._on_select(i), thumb_side=self.thumb_side)
-                  for i, r in enumerate(self.results)]
-    self.grid.children = self.cards
-    self.grid.layout.grid_template_columns = (f'repeat({max(1, min(self.ncols, len(self.cards)))}, '
-                                              f'{self.thumb_side+24}px)')
-    self.empty.value = '' if self.results else '<i>No results</i>'
-    self.large.layout.display = 'flex' if self.results else 'none'
-    self.selected = None
-    if self.results: self.select(0)
-
-@patch
-def _on_select(self:Explorer, i:int): return lambda _r: self.select(i)
-
-# %% ../nbs/09_simmap.ipynb #7bbaa2ee
-@patch
-def select(self:Explorer, i:int # index of the result in rank order (negative counts from the end)
-          )->Explorer:
-    "Show result `i` large with its similarity map, and highlight its card."
-    n = len(self.results)
-    if not -n <= i < n: raise IndexError(f'result index {i} is out of range: the explorer shows {n} results.')
-    i %= n
-    r = self.results[i]
-    self.selected = i
-    for j, c in enumerate(self.cards):
-        c.layout.border = SELECTED_BORDER if j == i else BORDER
-        c.children[-1].button_style = 'primary' if j == i else ''
-    self.caption.value = caption_html(r, size=14)
-    self.maps, note = self._page_maps(r)
-    self.note.value = note_html(note)
-    keep = self.token.value
-    opts = token_options(self.maps) if self.maps else [('all tokens (MaxSim)', ALL_TOKENS)]
-    self._hold = True  # one drawing, after both changes
-    try:
-        self.token.options = opts
-        self.token.value = keep if keep in [v for _, v in opts] else ALL_TOKENS
-    finally: self._hold = False
-    self._render()
-    return self
-
-@patch
-def _page_maps(self:Explorer, r:SearchResult)->tuple:
-    "(PageMaps or None, note): the maps of the current query on page `r`, computed once per page."
-    if r.page_id in self._maps: return self._maps[r.page_id]
-    try:
-        rows = self.index.retriever.page_rows([r.page_id])
-        if r.page_id not in rows: raise SimilarityMapError(f'page {r.page_id} is no longer in the index.')
-        vecs = self.index.retriever.page_vectors(rows)[r.page_id]
-        from colpali_milvus.encode import load_image
-        enc, img, note = self.index.encoder, load_image(r.image_path), ''
-        grid = enc.patch_grid(img)
-        if len(vecs) != grid.n_vectors and rows[r.page_id].get('n_vectors') == len(vecs) \
-           and self.index.token_pool_factor > 1:   # the index keeps pooled vectors: map a fresh encoding of the page
-            vecs, note = (enc.encode_images([img], progress=False)[0],
-                          'map from the page encoded again (the index stores pooled vectors)')
-        out = page_maps(enc.processor, self.query_vecs, vecs, img, enc.model, self.labels, grid), note
-    except (SimilarityMapError, OSError, ValueError) as e:
-        out = None, f'no similarity map: {e}'
-    self._maps[r.page_id] = out
-    return out
-
-# %% ../nbs/09_simmap.ipynb #e607dac5
-@patch
-def _render(self:Explorer):
-    "Draw the selected page large, with the chosen token's map blended at the chosen opacity."
-    if self.selected is None or self._hold: return
-    r = self.results[self.selected]
-    if self.maps is None:
-        self.image.value, _ = page_png(r, self.large_side); self.legend.value = ''; return
-    from colpali_milvus.encode import load_image
-    heat = self.maps.token_map(self.token.value)
-    self.image.value = png_bytes(blend_heatmap(load_image(r.image_path), heat, self.alpha.value, self.large_side))
-    self.legend.value = _legend_html(self.maps, self.token.value)
-
-# %% ../nbs/09_simmap.ipynb #b6f2fa2d
-@patch
-def _build_ask(self:Explorer, vlm, ask_k:int):
-    "The Ask box: a question, the Ask button, the answer as it streams, and one citation button per page given."
-    positive_int(ask_k, 'ask_k', 'pages given to the VLM')
-    self.vlm, self.ask_k, self.answer, self.ask_error, self._ask_thread = vlm, ask_k, None, None, None
-    width = max(340, min(self.ncols, self.k)*(self.thumb_side+32))   # as wide as the gallery
-    self.question = widgets.Text(placeholder='Ask a question about the pages', continuous_update=False,
-                                 layout=widgets.Layout(width=f'{width-96}px'))
-    self.ask_button = widgets.Button(description='Ask', icon='comment', layout=widgets.Layout(width='auto'))
-    self.ask_status, self.answer_html = widgets.HTML(), widgets.HTML(layout=widgets.Layout(width='100%'))
-    self.cites = widgets.HBox([], layout=widgets.Layout(flex_flow='row wrap'))
-    self.ask_button.on_click(lambda _: self.ask(self.question.value) if self.question.value.strip() else None)
-    self._ask_cls = f'cm-ask-{id(self)}'   # lets a [n] marker in the answer find its page's button
-    self.ask_panel = widgets.VBox([widgets.HBox([self.question, self.ask_button], layout=widgets.Layout(width='100%')),
-                                   self.ask_status, self.answer_html, self.cites], layout=widgets.Layout(
-        padding='6px', border=BORDER, margin='0 16px 8px 0', width=f'{width}px', overflow='hidden',
-        display='none' if vlm is None else 'flex'))
-    self.ask_panel.add_class(self._ask_cls)
-
 # %% ../nbs/09_simmap.ipynb #9dc3a824
 def answer_html(text:str, # the answer so far
                 n_pages:int, # pages the VLM was given
@@ -493,6 +522,22 @@ def _cite_buttons(self:Explorer, pages:list, cited:list=()):
         b.add_class(f'cm-cite-{n}'); b.on_click(lambda _b, i=n-1: self.select(i)); bs.append(b)
     self.cites.children = bs
 
+# %% ../nbs/09_simmap.ipynb #c3f68905
+@patch
+def _stream_answer(self:Explorer, st, pages:list):
+    "Show the answer of stream `st` as it comes, then its cited pages and timings."
+    self._cite_buttons(pages)
+    shown = 0.
+    for _ in st:
+        if time.monotonic() - shown > 0.1:
+            self.answer_html.value = answer_html(st.text, len(pages), self._ask_cls); shown = time.monotonic()
+    self.answer = a = st.answer
+    self.answer_html.value = answer_html(a.text, len(pages), self._ask_cls)
+    self._cite_buttons(pages, a.cited)
+    self._ask_note(f"{a.model} · first token {a.timings['first_token']:.1f} s · {a.timings['total']:.1f} s"
+                   + (' · TINY RANDOM VLM: this answer is meaningless' if a.is_tiny else ''),
+                   '#b00020' if a.is_tiny else '#555')
+
 # %% ../nbs/09_simmap.ipynb #48c943e2
 @patch
 def _ask(self:Explorer, question:str, reraise:bool):
@@ -508,18 +553,7 @@ def _ask(self:Explorer, question:str, reraise:bool):
             self.vlm = load_vlm(self.vlm, device=self.index.device, dtype=self.index.dtype)
         pages = self.results[:self.ask_k]
         self._ask_note(f'reading {len(pages)} pages…')
-        st = ask_pages(question, pages, self.vlm)
-        self._cite_buttons(pages)
-        shown = 0.
-        for _ in st:
-            if time.monotonic() - shown > 0.1:
-                self.answer_html.value = answer_html(st.text, len(pages), self._ask_cls); shown = time.monotonic()
-        self.answer = a = st.answer
-        self.answer_html.value = answer_html(a.text, len(pages), self._ask_cls)
-        self._cite_buttons(pages, a.cited)
-        self._ask_note(f"{a.model} · first token {a.timings['first_token']:.1f} s · {a.timings['total']:.1f} s"
-                       + (' · TINY RANDOM VLM: this answer is meaningless' if a.is_tiny else ''),
-                       '#b00020' if a.is_tiny else '#555')
+        self._stream_answer(ask_pages(question, pages, self.vlm), pages)
     except Exception as e:
         self.ask_error = e
         self._ask_note(f'⚠ {type(e).__name__}: {e}', '#b00020')

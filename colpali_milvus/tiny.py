@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TINY_MARKER', 'TINY_BANNER', 'TINY_BUILDERS', 'TINY_ALIASES', 'build_tiny_colpali', 'is_tiny_random',
+__all__ = ['TINY_MARKER', 'TINY_BANNER', 'TINY_BUILDERS', 'TINY_ALIASES', 'is_tiny_random', 'build_tiny_colpali',
            'byte_level_tokenizer', 'build_tiny_colqwen2', 'build_tiny_colqwen2_5', 'build_tiny_colsmol', 'build_tiny',
            'cache_dir', 'tiny_model_path']
 
@@ -45,6 +45,20 @@ def _tiny_vocab()->dict:
     for c in ['▁'] + [chr(i) for i in range(33, 127)]: vocab.setdefault(c, len(vocab))
     return vocab
 
+# %% ../nbs/03_tiny.ipynb #28e4b912
+def is_tiny_random(path_or_config # model folder, `config.json` path, config object or dict
+                  )->bool:
+    "True if `path_or_config` is a tiny random model made by one of the `build_tiny_*` functions."
+    c = path_or_config
+    if isinstance(c, dict): return bool(c.get(TINY_MARKER, False))
+    if isinstance(c, (str, Path)):
+        p = Path(c).expanduser()
+        p = p/'config.json' if p.is_dir() else p
+        if p.name != 'config.json' or not p.is_file(): return False
+        try: return bool(json.loads(p.read_text()).get(TINY_MARKER, False))
+        except (OSError, ValueError): return False
+    return bool(getattr(c, TINY_MARKER, False))
+
 # %% ../nbs/03_tiny.ipynb #3e21677e
 _README = """# Tiny random {family} (NOT a real model)
 
@@ -66,6 +80,7 @@ def _prepare_folder(path)->Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
+# %% ../nbs/03_tiny.ipynb #9326344e
 def _save_tiny(path:Path, model, proc, seed:int, family:str, builder:str, arch:str)->Path:
     "`save_pretrained` the tiny `model` and `proc` into `path`, with a README that says they are random."
     model.save_pretrained(path)
@@ -84,6 +99,7 @@ def _random_model(cls, cfg, seed:int, bias:str):
         with torch.no_grad(): getattr(model, bias).bias.normal_(0, 0.02)
     return model
 
+# %% ../nbs/03_tiny.ipynb #972840e2
 def build_tiny_colpali(path, # folder to create (overwritten if it already holds a tiny model)
                        seed:int=0 # random seed for the weights: same seed, same model
                       )->Path:
@@ -105,20 +121,6 @@ def build_tiny_colpali(path, # folder to create (overwritten if it already holds
     model = _random_model(ColPali, cfg, seed, 'custom_text_proj')
     return _save_tiny(path, model, proc, seed, 'ColPali', 'build_tiny_colpali', 'PaliGemma + 128-d projection')
 
-# %% ../nbs/03_tiny.ipynb #28e4b912
-def is_tiny_random(path_or_config # model folder, `config.json` path, config object or dict
-                  )->bool:
-    "True if `path_or_config` is a tiny random model made by one of the `build_tiny_*` functions."
-    c = path_or_config
-    if isinstance(c, dict): return bool(c.get(TINY_MARKER, False))
-    if isinstance(c, (str, Path)):
-        p = Path(c).expanduser()
-        p = p/'config.json' if p.is_dir() else p
-        if p.name != 'config.json' or not p.is_file(): return False
-        try: return bool(json.loads(p.read_text()).get(TINY_MARKER, False))
-        except (OSError, ValueError): return False
-    return bool(getattr(c, TINY_MARKER, False))
-
 # %% ../nbs/03_tiny.ipynb #d08fdcfd
 def byte_level_tokenizer(cls, # a byte-level BPE tokenizer class (`Qwen2Tokenizer`, `GPT2Tokenizer`)
                           special:list, # special tokens, given the first ids
@@ -136,17 +138,11 @@ def byte_level_tokenizer(cls, # a byte-level BPE tokenizer class (`Qwen2Tokenize
 _QWEN_SPECIAL = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>',
                  '<|image_pad|>', '<|video_pad|>']
 
-def _build_tiny_colqwen(path, seed:int, v2_5:bool)->Path:
-    "A tiny random ColQwen2 (or ColQwen2.5 if `v2_5`) + processor saved into `path`."
-    from colpali_engine import models as M
-    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-    path = _prepare_folder(path)
-    tok = byte_level_tokenizer(Qwen2Tokenizer, _QWEN_SPECIAL)
-    ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=32*28*28, patch_size=14, merge_size=2,
-                               temporal_patch_size=2)
-    proc_cls = M.ColQwen2_5_Processor if v2_5 else M.ColQwen2Processor
-    proc = proc_cls(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor())
-    vocab_size = -(-len(proc.tokenizer)//64)*64
+def _qwen_config(tok, # the tiny tokenizer (for the special tokens' ids)
+                 v2_5:bool, # Qwen2.5-VL instead of Qwen2-VL
+                 vocab_size:int
+                ):
+    "The config of a tiny Qwen2-VL (or Qwen2.5-VL): 2-layer vision tower and text model, hidden size 64."
     ids = {f'{k}_token_id': tok.convert_tokens_to_ids(f'<|{k}|>') for k in ('vision_start', 'vision_end')}
     ids |= dict(image_token_id=tok.convert_tokens_to_ids('<|image_pad|>'),
                 video_token_id=tok.convert_tokens_to_ids('<|video_pad|>'))
@@ -161,8 +157,22 @@ def _build_tiny_colqwen(path, seed:int, v2_5:bool)->Path:
     else:
         from transformers import Qwen2VLConfig as Config
         vis |= dict(embed_dim=32, mlp_ratio=2, hidden_size=64)
-    model = _random_model(M.ColQwen2_5 if v2_5 else M.ColQwen2, Config(text_config=text, vision_config=vis, **ids),
-                          seed, 'custom_text_proj')
+    return Config(text_config=text, vision_config=vis, **ids)
+
+# %% ../nbs/03_tiny.ipynb #799f3ed7
+def _build_tiny_colqwen(path, seed:int, v2_5:bool)->Path:
+    "A tiny random ColQwen2 (or ColQwen2.5 if `v2_5`) + processor saved into `path`."
+    from colpali_engine import models as M
+    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    path = _prepare_folder(path)
+    tok = byte_level_tokenizer(Qwen2Tokenizer, _QWEN_SPECIAL)
+    ip = Qwen2VLImageProcessor(min_pixels=4*28*28, max_pixels=32*28*28, patch_size=14, merge_size=2,
+                               temporal_patch_size=2)
+    proc_cls = M.ColQwen2_5_Processor if v2_5 else M.ColQwen2Processor
+    proc = proc_cls(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor())
+    vocab_size = -(-len(proc.tokenizer)//64)*64
+    model = _random_model(M.ColQwen2_5 if v2_5 else M.ColQwen2, _qwen_config(tok, v2_5, vocab_size), seed,
+                          'custom_text_proj')
     name = 'ColQwen2.5' if v2_5 else 'ColQwen2'
     return _save_tiny(path, model, proc, seed, name, f"build_tiny_colqwen2{'_5' if v2_5 else ''}",
                       f"Qwen2{'.5' if v2_5 else ''}-VL + 128-d projection")

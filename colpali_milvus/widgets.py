@@ -14,6 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import ipywidgets as widgets
+from fastcore.basics import patch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from .core import SearchResult, SourceFileError, positive_int
@@ -144,44 +145,56 @@ class ResultsGallery:
             self.grid = self.large = self.large_image = self.large_caption = self.large_note = None
             self.widget = widgets.VBox(head + [widgets.HTML('<i>No results</i>')])
             return
-        cw = thumb_side + 24 # card width: thumbnail + its margins, the card's padding and border
-        self.grid = widgets.GridBox(self.cards, layout=widgets.Layout(
-            grid_template_columns=f'repeat({min(ncols, len(self.cards))}, {cw}px)', grid_gap='8px',
-            max_width='100%', overflow='auto', margin='0 16px 8px 0', align_self='flex-start'))
-        self.large_image = widgets.Image(format='png', layout=widgets.Layout(max_width='100%', height='auto',
-                                                                             object_fit='contain'))
-        self.large_caption, self.large_note = widgets.HTML(), widgets.HTML()
-        self.large = widgets.VBox([self.large_caption, self.large_note, self.large_image], layout=widgets.Layout(
-            padding='6px', border=BORDER, max_width='100%', flex='0 1 auto', align_self='flex-start'))
-        body = widgets.Box([self.grid, self.large], layout=widgets.Layout(
-            display='flex', flex_flow='row wrap', align_items='flex-start', width='100%'))
-        self.widget = widgets.VBox(head + [body])
+        self.widget = widgets.VBox(head + [self._body()])
         self.select(0)
 
-    def _on_select(self, i): return lambda _r: self.select(i)
+# %% ../nbs/06_widgets.ipynb #14bc24fa
+@patch
+def _body(self:ResultsGallery)->widgets.Box:
+    "The grid of cards, and the large view beside it (below it when the cell is narrow)."
+    cw = self.thumb_side + 24 # card width: thumbnail + its margins, the card's padding and border
+    self.grid = widgets.GridBox(self.cards, layout=widgets.Layout(
+        grid_template_columns=f'repeat({min(self.ncols, len(self.cards))}, {cw}px)', grid_gap='8px',
+        max_width='100%', overflow='auto', margin='0 16px 8px 0', align_self='flex-start'))
+    self.large_image = widgets.Image(format='png', layout=widgets.Layout(max_width='100%', height='auto',
+                                                                         object_fit='contain'))
+    self.large_caption, self.large_note = widgets.HTML(), widgets.HTML()
+    self.large = widgets.VBox([self.large_caption, self.large_note, self.large_image], layout=widgets.Layout(
+        padding='6px', border=BORDER, max_width='100%', flex='0 1 auto', align_self='flex-start'))
+    return widgets.Box([self.grid, self.large], layout=widgets.Layout(
+        display='flex', flex_flow='row wrap', align_items='flex-start', width='100%'))
 
-    def select(self, i:int # index of the result in rank order (negative counts from the end)
-              ):
-        "Show result `i` in the large view and highlight its card."
-        n = len(self.results)
-        if not -n <= i < n: raise IndexError(f'result index {i} is out of range: the gallery has {n} results.')
-        i %= n
-        r = self.results[i]
-        png, note = page_png(r, self.large_side)
-        self.large_image.value = png
-        self.large_caption.value = caption_html(r, size=14)
-        self.large_note.value = note_html(note)
-        for j, (c, b) in enumerate(zip(self.cards, self.buttons)):
-            c.layout.border = SELECTED_BORDER if j == i else BORDER
-            b.button_style = 'primary' if j == i else ''
-        self.selected = i
-        return self
+# %% ../nbs/06_widgets.ipynb #3ad32272
+@patch
+def _on_select(self:ResultsGallery, i): return lambda _r: self.select(i)
 
-    def __len__(self): return len(self.results)
-    def __repr__(self): return f'ResultsGallery({len(self)} results, selected={self.selected})'
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+@patch
+def select(self:ResultsGallery, i:int # index of the result in rank order (negative counts from the end)
+          ):
+    "Show result `i` in the large view and highlight its card."
+    n = len(self.results)
+    if not -n <= i < n: raise IndexError(f'result index {i} is out of range: the gallery has {n} results.')
+    i %= n
+    r = self.results[i]
+    png, note = page_png(r, self.large_side)
+    self.large_image.value = png
+    self.large_caption.value = caption_html(r, size=14)
+    self.large_note.value = note_html(note)
+    for j, (c, b) in enumerate(zip(self.cards, self.buttons)):
+        c.layout.border = SELECTED_BORDER if j == i else BORDER
+        b.button_style = 'primary' if j == i else ''
+    self.selected = i
+    return self
+
+# %% ../nbs/06_widgets.ipynb #80681cce
+@patch
+def __len__(self:ResultsGallery): return len(self.results)
+@patch
+def __repr__(self:ResultsGallery): return f'ResultsGallery({len(self)} results, selected={self.selected})'
+@patch
+def _ipython_display_(self:ResultsGallery):
+    from IPython.display import display
+    display(self.widget)
 
 # %% ../nbs/06_widgets.ipynb #95f633f5
 def show_results(results, # `SearchResult`s or dicts with the same keys
