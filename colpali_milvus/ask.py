@@ -75,26 +75,24 @@ def build_messages(question:str, # the question
 # %% ../nbs/12_ask.ipynb #55a1e037
 _CITE = re.compile(r'\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]')
 
+def _markers(text:str)->list:
+    "(start, end, numbers) of each `[n]` or `[n, m]` marker in `text`."
+    return [(m.start(), m.end(), [int(s) for s in re.split(r'[,;]', m.group(1))]) for m in _CITE.finditer(text or '')]
+
 def citations(text:str, # the answer text
               n_pages:int # how many pages the model was given
              )->list:
     "The page markers (1-based) `text` cites, in order of first mention, only those between 1 and `n_pages`."
     out = []
-    for m in _CITE.finditer(text or ''):
-        for s in re.split(r'[,;]', m.group(1)):
-            n = int(s)
-            if 1 <= n <= n_pages and n not in out: out.append(n)
+    for n in (n for _, _, ns in _markers(text) for n in ns):
+        if 1 <= n <= n_pages and n not in out: out.append(n)
     return out
 
 def citation_spans(text:str, # the answer text
                    n_pages:int # how many pages the model was given
                   )->list:
     "(start, end, page markers) of each citation in `text` that names pages between 1 and `n_pages`."
-    spans = []
-    for m in _CITE.finditer(text or ''):
-        ns = [int(s) for s in re.split(r'[,;]', m.group(1))]
-        if all(1 <= n <= n_pages for n in ns): spans.append((m.start(), m.end(), ns))
-    return spans
+    return [(s, e, ns) for s, e, ns in _markers(text) if all(1 <= n <= n_pages for n in ns)]
 
 # %% ../nbs/12_ask.ipynb #169e430a
 @dataclass

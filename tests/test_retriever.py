@@ -184,12 +184,18 @@ def test_candidate_stage_dtypes_agree_with_centroid_maxsim(tmp_path, pages, cand
         np.testing.assert_allclose(score, brute(q, [ds[target]])[0], rtol=1e-3)   # exact (float16 storage) score
 
 
-def test_restricted_search_uses_only_allowed_pages(tmp_path, pages):
-    "page_ids restricts a search: few pages are all scored exactly, many go through the candidate stage among them."
-    ds, qs = pages
+def candidate_stage_on(tmp_path, ds):
+    "A Lite retriever holding `ds` that always goes through the candidate stage, keeping 2 candidates."
     r = MilvusColbertRetriever(open_client(str(tmp_path / "m.db")), "c", n_candidates=2, exhaustive_rows=0)
     r.create_collection()
     r.add_pages(list(range(len(ds))), ds)
+    return r
+
+
+def test_restricted_search_uses_only_allowed_pages(tmp_path, pages):
+    "page_ids restricts a search: few pages are all scored exactly, many go through the candidate stage among them."
+    ds, qs = pages
+    r = candidate_stage_on(tmp_path, ds)
     few = [0, 1]
     res = r.search_pages(qs[0], k=10, page_ids=few)
     assert sorted(row["page_id"] for _, row in res) == few   # up to n_candidates pages: all scored exactly
@@ -205,9 +211,7 @@ def test_restricted_search_uses_only_allowed_pages(tmp_path, pages):
 def test_old_blocks_of_replaced_and_deleted_pages_are_skipped(tmp_path, pages):
     "Blocks left behind by replaced or deleted pages are still scored but never returned; the search looks further."
     ds, qs = pages
-    r = MilvusColbertRetriever(open_client(str(tmp_path / "m.db")), "c", n_candidates=2, exhaustive_rows=0)
-    r.create_collection()
-    r.add_pages(list(range(len(ds))), ds)
+    r = candidate_stage_on(tmp_path, ds)
     r.delete_pages([5])
     for i in (4, 3, 2):   # page 4's content moves to pages 40, then 3 and 2 get it: three stale blocks match qs[0] best
         r.add_pages([i], [ds[9 - i]])
