@@ -81,6 +81,7 @@ def centroid_rows(page_id:int, c:np.ndarray)->list[dict]:
     "The centroid rows of one page."
     return [{'pk': centroid_pk(page_id, j), 'page_id': int(page_id), 'vector': row} for j, row in enumerate(c.tolist())]
 
+# %% ../nbs/05a_candidates.ipynb #a2e49059
 def aggregate_hits(hits:list # per query vector: [(page id, similarity), ...], best first
                   )->tuple[np.ndarray, np.ndarray]:
     "Pages hit and their estimated MaxSim (a page a query vector missed gets that vector's weakest hit), best first."

@@ -164,6 +164,7 @@ def page_rows_view(prod, # a query's product with the rows of pages, (q, rows), 
     v[:, at] = prod
     return v.view(len(prod), n, most)
 
+# %% ../nbs/04_maxsim.ipynb #fa7683ce
 def refine(v, # the screened product, (q, pages, rows) as `page_rows_view` gives it, bfloat16
            tq, # query vectors, a float32 torch tensor (q, dim)
            pages:list, # page arrays (n_i, dim), float16 or float32
