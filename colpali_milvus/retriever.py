@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from fastcore.basics import patch
@@ -390,7 +391,6 @@ FETCH_THREADS = 4   # blob gets in flight at once: the server answers on several
 @patch
 def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:int=BLOB_BATCH)->dict:
     "Vectors of pages read from their blob rows on a server, several gets at once (pages missing a row are left out)."
-    from concurrent.futures import ThreadPoolExecutor
     keys = {int(r['page_id']): [blob_pk(r['page_id'], i) for i in range(n_chunks(r['n_vectors'] * self.dim))]
             for r in rows}
     groups, size = [[]], 0   # whole pages per get, about `batch_rows` rows each: each task decodes its own pages
