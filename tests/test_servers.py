@@ -525,7 +525,7 @@ def test_vectors_of_many_pages_come_back_whole_from_parallel_gets(sharded):
     rows = r.page_rows(range(len(ds)))
     got = r.read_vectors(list(rows.values()))
     assert sorted(got) == list(range(len(ds)))
-    for i, d in enumerate(ds): np.testing.assert_array_equal(got[i], d.astype(np.float16))
+    for i, d in enumerate(ds): np.testing.assert_array_equal(got[i], d.astype(np.float32).astype(np.float16))
 
 
 def test_blob_rows_are_flushed_every_flush_chars(milvus_server):
@@ -534,7 +534,8 @@ def test_blob_rows_are_flushed_every_flush_chars(milvus_server):
     client = open_client(milvus_server.uri)
     r = MilvusColbertRetriever(client, 'flushed')
     r.create_collection()
-    ds, _ = corpus(11, 3, size=1030)
+    rng = np.random.default_rng(11)
+    ds = [unit(rng, 1030) for _ in range(3)]
     r.add_pages([0], ds[:1])
     assert client.get_collection_stats(r.vectors_collection)['row_count'] == 0   # below flush_chars: growing
     r.flush_chars = 1
