@@ -13,8 +13,8 @@ from .maxsim import block_maxsim, rank
 from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
 # %% auto #0
-__all__ = ['HNSW_PARAMS', 'CENTROID_BATCH', 'page_centroids', 'centroid_block', 'LocalCandidates', 'centroid_pk',
-           'centroids_schema', 'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
+__all__ = ['CENTROID_INDEX', 'CENTROID_PARAMS', 'NPROBE', 'CENTROID_BATCH', 'page_centroids', 'centroid_block', 'LocalCandidates',
+           'centroid_pk', 'centroids_schema', 'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
 
 # %% ../nbs/05a_candidates.ipynb #437a61d5
 def page_centroids(v:np.ndarray, # a page's vectors (n, dim), unit norm
@@ -98,7 +98,9 @@ def aggregate_hits(hits:list # per query vector: [(page id, similarity), ...], b
     return pages[order], score[order]
 
 # %% ../nbs/05a_candidates.ipynb #dbfd02b3
-HNSW_PARAMS = {'M': 16, 'efConstruction': 128}
+CENTROID_INDEX = 'HNSW'                             # the centroid index (IVF_FLAT: cheaper to build, slower to search)
+CENTROID_PARAMS = {'M': 12, 'efConstruction': 48}   # light: sealed and compacted segments are indexed again
+NPROBE = 32                                         # IVF lists each query vector scans, for a collection indexed so
 CENTROID_BATCH = 5000   # centroid rows per insert: ~2.6 MB of float32
 
 class MilvusCandidates:
@@ -110,14 +112,14 @@ class MilvusCandidates:
         if not 0 < pool <= MAX_POOL: raise ValueError(f"pool must be 1..{MAX_POOL} centroids per page, not {pool}.")
 
     def create(self, shards:int=1, # shards of the collection
-               index_type:str='HNSW', params:dict|None=None # the centroid index and its build parameters
+               index_type:str=CENTROID_INDEX, params:dict|None=None # the centroid index and its build parameters
               ):
         "Create the collection with its vector index, and load it."
         c = self.db.client if hasattr(self.db, 'client') else self.db
         c.create_collection(self.name, schema=centroids_schema(c, self.dim), num_shards=shards,
                             consistency_level='Strong')
         c.create_index(self.name, index_params(c, 'vector', index_type, 'IP',
-                                               HNSW_PARAMS if params is None else params), sync=True)
+                                               CENTROID_PARAMS if params is None else params), sync=True)
         c.load_collection(self.name)
 
 # %% ../nbs/05a_candidates.ipynb #4570724c
@@ -152,11 +154,13 @@ def delete(self:MilvusCandidates, page_ids:list, first:dict|None=None):
 def search(self:MilvusCandidates, q:np.ndarray, # query vectors (q, dim), float32
            n:int, # pages wanted
            hits:int=128, # centroids each query vector asks for
-           ef:int|None=None, # HNSW search breadth (default: max(hits, 64))
+           ef:int|None=None, # HNSW search breadth, for a collection indexed so (default: max(hits, 64))
+           nprobe:int=NPROBE, # IVF lists each query vector scans
            filter:str='', # Milvus expression on `page_id`
            **read # the snapshot to read, e.g. consistency_level='Strong' (default: the collection's, Strong)
           )->np.ndarray:
     "Ids of the best `n` pages by their summed best centroid hits, best first."
+    params = {'ef': ef or max(hits, 64), 'nprobe': nprobe}   # each index reads its own
     res = self.db.search(self.name, data=np.asarray(q, np.float32).tolist(), limit=hits, filter=filter,
-                         output_fields=['page_id'], search_params={'params': {'ef': ef or max(hits, 64)}}, **read)
+                         output_fields=['page_id'], search_params={'params': params}, **read)
     return aggregate_hits([[(h['entity']['page_id'], h['distance']) for h in r] for r in res])[0][:n]
