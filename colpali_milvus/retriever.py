@@ -391,21 +391,20 @@ FETCH_THREADS = 4   # blob gets in flight at once: the server answers on several
 @patch
 def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:int=BLOB_BATCH)->dict:
     "Vectors of pages read from their blob rows on a server, several gets at once (pages missing a row are left out)."
-    keys = {int(r['page_id']): [blob_pk(r['page_id'], i) for i in range(n_chunks(r['n_vectors'] * self.dim))]
-            for r in rows}
+    if not rows: return {}
+    n = {int(r['page_id']): r['n_vectors'] for r in rows}
+    keys = {p: [blob_pk(p, i) for i in range(n_chunks(k * self.dim))] for p, k in n.items()}
     groups, size = [[]], 0   # whole pages per get, about `batch_rows` rows each: each task decodes its own pages
     for pid, ks in keys.items():
         if groups[-1] and size + len(ks) > batch_rows: groups.append([]); size = 0
         groups[-1].append(pid); size += len(ks)
     def fetch(group):
         pks, got = [k for p in group for k in keys[p]], {}
-        for s in range(0, len(pks), batch_rows):
+        for s in range(0, len(pks), batch_rows):   # a page of more than `batch_rows` rows takes several gets
             for b in self.db.get(self.vectors_collection, ids=pks[s:s+batch_rows], output_fields=['data'], **read):
                 got[b['pk']] = b['data']['b']
-        n = {int(r['page_id']): r['n_vectors'] for r in rows}
         return {p: from_blob([got[k] for k in keys[p]], n[p] * self.dim).reshape(n[p], self.dim)
                 for p in group if all(k in got for k in keys[p])}
-    if not keys: return {}
     with ThreadPoolExecutor(min(FETCH_THREADS, len(groups))) as pool: parts = list(pool.map(fetch, groups))
     return {p: v for part in parts for p, v in part.items()}
 
