@@ -74,7 +74,15 @@ def wait_for_indexes(client, names, timeout:float=3600):
         time.sleep(2)
     raise TimeoutError(f"indexes not built after {timeout:.0f} s: {info}")
 
+def exact_maxsim(Qt, pages:list)->np.ndarray:
+    "Exact float32 MaxSim of queries `Qt` (nq, q, dim) against each page as stored (float16), torch: (nq, pages)."
+    import torch
+    flat = Qt.reshape(-1, Qt.shape[-1])
+    return torch.stack([(flat @ torch.from_numpy(p.astype(np.float16).astype(np.float32)).T)
+                        .reshape(len(Qt), Qt.shape[1], -1).amax(2).sum(1) for p in pages], 1).numpy()
+
 def build(a, uri:str, server_pid:int|None)->dict:
+    import torch
     from corpus import Corpus
 
     from colpali_milvus.retriever import MilvusColbertRetriever
@@ -82,7 +90,7 @@ def build(a, uri:str, server_pid:int|None)->dict:
     c = Corpus(a.pages, a.seed)
     queries = [c.query(j) for j in range(a.queries)]
     Q = np.stack([q for q, _ in queries]).astype(np.float32)
-    exact = np.empty((a.queries, a.pages), np.float32)
+    exact, Qt = np.empty((a.queries, a.pages), np.float32), torch.from_numpy(Q)
     client = open_client(uri)
     r = MilvusColbertRetriever(client, 'scale', shards=a.shards)
     r.create_collection()
@@ -93,9 +101,7 @@ def build(a, uri:str, server_pid:int|None)->dict:
         meta = [dict(source=f'/corpus/doc{i // 10:05d}.pdf', page=i % 10 + 1, metadata={'topic': i % 50})
                 for i in range(s, e)]
         t = time.time(); r.add_pages(list(range(s, e)), batch, meta); t_add += time.time() - t
-        h = np.stack(batch).astype(np.float16).astype(np.float32)             # exact MaxSim over what is stored
-        exact[:, s:e] = np.stack([(Q.reshape(-1, Q.shape[-1]) @ p.T).reshape(len(Q), -1, p.shape[0]).max(2).sum(1)
-                                  for p in h], 1)
+        exact[:, s:e] = exact_maxsim(Qt, batch)
         if s // 64 % 25 == 0:
             print(f"  built {e}/{a.pages} pages, {e / t_add:.1f} pages/s (add_pages only), {time.time() - t0:.0f} s",
                   flush=True)
@@ -171,13 +177,29 @@ def git_rev()->str:
     return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
                           cwd=HERE).stdout.strip()
 
+BULK_BUILD = {   # server settings for one bulk build (Milvus maps env KEY_NAME onto key.name of milvus.yaml)
+    'DATACOORD_ENABLECOMPACTION': 'false',       # no merging and re-indexing of segments while pages stream in
+    'ROCKSMQ_RETENTIONTIMEINMINUTES': '30',      # the embedded message log: 30 minutes, not 3 days
+    'ROCKSMQ_RETENTIONSIZEINMB': '2048',         # and at most 2 GB, not 8
+    'DATACOORD_GC_DROPTOLERANCE': '600',         # files of dropped segments deleted after 10 minutes, not 3 hours
+}
+
 def start_backend(a)->tuple:
     "The server (None for Lite) and the uri to open."
     if a.backend == 'lite': return None, str(a.work/'scale.db')
     from milvus_servers import start_milvus_standalone
     os.environ['QUERYNODE_MMAPDIRPATH'] = str(a.work/'mmap')   # raw field data memory-mapped, not loaded
+    if a.bulk_build: os.environ.update(BULK_BUILD)
     srv = start_milvus_standalone(a.work/'server', timeout=180)   # a restart on kept data waits for old sessions
     return srv, srv.uri
+
+def hold(srv, a):
+    "Keep the server up `a.hold` seconds, or until <work>/uri is deleted."
+    if not a.hold: return
+    (a.work/'uri').write_text(srv.uri)
+    print(f"server held at {srv.uri} (pid {srv.proc.pid}); rm {a.work/'uri'} to stop it", flush=True)
+    t0 = time.time()
+    while time.time() - t0 < a.hold and (a.work/'uri').exists(): time.sleep(2)
 
 def main():
     ap = argparse.ArgumentParser()
@@ -191,6 +213,13 @@ def main():
     ap.add_argument('--keep', action='store_true', help='keep the database')
     ap.add_argument('--report', action='store_true', help='print the results in --out as a table, and stop')
     ap.add_argument('--reuse', type=Path, help='the work folder of a run made with --keep: query it again, no build')
+    ap.add_argument('--uri', help='with --reuse: a server still running on that folder (started by --hold)')
+    ap.add_argument('--bulk-build', action='store_true', help='start the server with BULK_BUILD settings')
+    ap.add_argument('--kw', type=json.loads, default={},
+                    help='retriever arguments for the queries, as JSON (e.g. \'{"hits": 256}\')')
+    ap.add_argument('--hold', type=float, default=0,
+                    help='keep the server running this many seconds after the queries (its uri in <work>/uri; '
+                         'delete that file to stop it sooner)')
     a = ap.parse_args()
     if a.report: print(report(a.out.resolve())); return
     a.out = a.out.resolve()   # the server is started in another folder: its config paths must be absolute
@@ -199,11 +228,11 @@ def main():
         a.work = a.reuse.resolve()
         res = json.loads((a.out/f'{a.backend}_{a.pages}.json').read_text())
         res.update(queries=a.queries, n_search=a.n_search, requeried_at_git=git_rev())
-        srv, uri = start_backend(a)
+        srv, uri = (None, a.uri) if a.uri else start_backend(a)
     else:
         a.work = Path(tempfile.mkdtemp(prefix=f'scale_{a.backend}_{a.pages}_', dir=a.out))
         res = {'backend': a.backend, 'pages': a.pages, 'queries': a.queries, 'n_search': a.n_search,
-               'shards': a.shards, 'git': git_rev()}
+               'shards': a.shards, 'git': git_rev(), 'bulk_build': a.bulk_build}
         err = a.work/'build.stderr'
         fd = os.dup(2); os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT), 2)   # count what a notebook user would see
         try:
@@ -219,12 +248,13 @@ def main():
     if srv:
         res['server_idle_wait_s'] = wait_idle(srv.proc.pid)   # compaction and index builds after the flush
         res['server_rss_after_build'] = tree_rss_mb(srv.proc.pid)
-    res['query'] = query(a, uri, {})
+    res['query'], res['retriever_kw'] = query(a, uri, a.kw), a.kw
     print('query:', json.dumps(res['query']), flush=True)
     if srv:
         res['server_rss_after_queries'] = tree_rss_mb(srv.proc.pid)
         res['server_rss_per_page_kb'] = {k: v * 1024 / a.pages for k, v in res['server_rss_after_queries'].items()}
         res['disk_mb'] = du_mb(a.work/'server')
+        hold(srv, a)
         srv.stop()
     else: res['disk_mb'] = du_mb(a.work/'scale.db')
     (a.out/f'{a.backend}_{a.pages}.json').write_text(json.dumps(res, indent=1))

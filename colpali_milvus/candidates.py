@@ -99,7 +99,7 @@ def aggregate_hits(hits:list # per query vector: [(page id, similarity), ...], b
 
 # %% ../nbs/05a_candidates.ipynb #dbfd02b3
 CENTROID_INDEX = 'HNSW'                             # the centroid index (IVF_FLAT: cheaper to build, slower to search)
-CENTROID_PARAMS = {'M': 12, 'efConstruction': 48}   # light: sealed and compacted segments are indexed again
+CENTROID_PARAMS = {'M': 32, 'efConstruction': 200}  # recall over build time: BENCHMARKS.md has the sweep
 NPROBE = 32                                         # IVF lists each query vector scans, for a collection indexed so
 CENTROID_BATCH = 5000   # centroid rows per insert: ~2.6 MB of float32
 

@@ -11,7 +11,8 @@ from .core import DimensionMismatchError
 
 # %% auto #0
 __all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'bf16_bits', 'bf16_tensor', 'block_maxsim',
-           'page_max', 'stacked_exact', 'page_rows_view', 'refine', 'refined_maxsim', 'rerank', 'max_norms']
+           'page_max', 'stacked_exact', 'page_rows_view', 'refine', 'refined_maxsim', 'rerank', 'max_norms',
+           'sketch_maxsim']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -240,3 +241,16 @@ def max_norms(pages:list # page arrays (n_i, dim), float16 or float32
     import torch
     return np.array([float(torch.linalg.vector_norm(_tensor(p), dim=1, dtype=torch.float32).max()) * (1 + 2**-16)
                      for p in pages], np.float32)
+
+# %% ../nbs/04_maxsim.ipynb #8d61e260
+def sketch_maxsim(q:np.ndarray, # query vectors (q, dim), float32
+                  sketches:list, # per page: its packed sign bits (n_i, ceil(dim / 8)), uint8
+                  dtype:str='bfloat16' # product in 'bfloat16' or 'float32'
+                 )->np.ndarray:
+    "MaxSim of `q` against each page's vectors of +1 (a bit set) and -1: one score per page, to rank them."
+    import torch
+    if not len(sketches): return np.zeros(0, np.float32)
+    signs = _tensor(np.unpackbits(np.concatenate(sketches), axis=1)[:, :q.shape[1]])
+    signs = signs.to(torch.bfloat16 if dtype == 'bfloat16' else torch.float32) * 2 - 1
+    tq = _tensor(np.ascontiguousarray(q, np.float32))
+    return page_max(tq.to(signs.dtype) @ signs.T, [len(s) for s in sketches])

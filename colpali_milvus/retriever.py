@@ -15,13 +15,14 @@ from pymilvus import mkts_from_unixtime
 
 from .candidates import LocalCandidates, MilvusCandidates, centroid_block, page_centroids
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
-from .maxsim import as_matrix, bf16_bits, block_maxsim, max_norms, rank, rerank
+from .maxsim import as_matrix, bf16_bits, block_maxsim, max_norms, rank, rerank, sketch_maxsim
 from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from here)
     BLOB_BATCH,
     BLOB_CHARS,
     CENTROIDS_SUFFIX,
     MAX_CHUNKS,
     MAX_IDS,
+    SKETCH_CHUNK,
     META_FIELDS,
     VECTORS_SUFFIX,
     DeadlineClient,
@@ -31,6 +32,7 @@ from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from
     check_page_id,
     close_client,
     from_blob,
+    from_sketch,
     index_params,
     lite_data_dir,
     n_chunks,
@@ -41,7 +43,8 @@ from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from
 )
 
 # %% auto #0
-__all__ = ['FLUSH_CHARS', 'FETCH_THREADS', 'FEWEST_VECTORS', 'candidate_dtype', 'MilvusColbertRetriever', 'SmallCollection']
+__all__ = ['FLUSH_CHARS', 'FETCH_THREADS', 'FEWEST_VECTORS', 'candidate_dtype', 'MilvusColbertRetriever', 'page_version',
+           'SmallCollection']
 
 # %% ../nbs/05b_retriever.ipynb #dc9fc4ec
 def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
@@ -61,7 +64,10 @@ class MilvusColbertRetriever:
                  # name of the pages collection; servers add `<name>__vectors` and `<name>__centroids`
                  collection_name:str,
                  dim:int=128, # vector dimension (ColPali: 128); an existing collection's own dim wins
-                 n_candidates:int=100, # pages reranked exactly per query
+                 n_candidates:int=100, # pages the candidate stage names per query
+                 # on a server: of those, pages read in full and scored exactly, the best by their sign sketches
+                 # (None: all of them)
+                 n_rerank:int|None=32,
                  pool:int=96, # centroids per page for the candidate stage (at most 128)
                  hits:int=128, # on a server: centroids each query vector asks Milvus for
                  refresh_s:float=2.0, # on a server: writes by other clients are seen within this many seconds
@@ -77,11 +83,13 @@ class MilvusColbertRetriever:
         self.client = milvus_client.client if isinstance(milvus_client, DeadlineClient) else milvus_client
         self.db = DeadlineClient(self.client, timeout)   # what data calls go through
         self.n_candidates, self.pool, self.hits, self.exhaustive_rows = n_candidates, pool, hits, exhaustive_rows
+        self.n_rerank = n_rerank
         self.refresh_s, self.memory_budget, self.shards = refresh_s, memory_budget, shards
         self.cand_dtype = candidate_dtype(cand_dtype)
         self.lite_dir = lite_data_dir(self.client)   # set: Milvus Lite in this process, vectors in page files
         self.files = None                            # its `PageFiles`
-        self.cache = OrderedDict()                   # page id -> (page row key, float16 vectors): read from a server
+        self.cache = OrderedDict()                   # page id -> (its version, float16 vectors): read from a server
+        self.sketches = OrderedDict()                # page id -> (its version, packed sign bits): read from a server
         self.norms = {}                              # (page id, version) -> its largest vector norm (see `max_norm`)
         self._small, self._checked, self._wrote_at, self._n_pages = None, -np.inf, 0., None
         self._unflushed, self.flush_chars = 0, FLUSH_CHARS   # blob characters written since the last flush; the limit
@@ -221,7 +229,7 @@ def _check_pages(self:MilvusColbertRetriever, page_ids, vectors, meta)->tuple[li
         raise ValueError("page_ids, vectors and meta must have the same length.")
     if len(set(ids)) != len(ids): raise ValueError("page_ids must be distinct.")
     vs = [as_matrix(v, self.dim, what=f"vectors of page {i}") for i, v in zip(ids, vectors)]
-    most = MAX_CHUNKS * BLOB_CHARS * 3 // 8 // self.dim
+    most = (MAX_CHUNKS - 1) * BLOB_CHARS * 3 // 8 // self.dim
     for i, v in zip(ids, vs):
         if not 0 < len(v) <= most: raise DimensionMismatchError(f"page {i} has {len(v)} vectors; need 1..{most}.")
     return ids, vs, meta
@@ -264,7 +272,7 @@ def _write_server(self:MilvusColbertRetriever, ids:list, vs:list, cents:list, me
         put = self.db.insert if new else self.db.upsert
         blobs = [row for i, v, *_ in part for row in blob_rows(i, v)]
         for s in range(0, len(blobs), BLOB_BATCH): put(self.vectors_collection, blobs[s:s+BLOB_BATCH])
-        self._flush_if_due(sum(len(b['data']['b']) for b in blobs))
+        self._flush_if_due(sum(len(s) for b in blobs for s in b['data'].values()))
         self.centroids.put([p[0] for p in part], [p[2] for p in part], overwrite=not new)
         put(self.collection_name, [page_row(i, mu, len(v), len(c), m) for i, v, c, mu, m in part])
     stale = [blob_pk(i, j) for i, v in zip(ids, vs) if i in old
@@ -272,7 +280,7 @@ def _write_server(self:MilvusColbertRetriever, ids:list, vs:list, cents:list, me
     if stale: self.db.delete(self.vectors_collection, ids=stale)
     fewer = {i: len(c) for i, c in zip(ids, cents) if i in old and len(c) < old[i]['n_pooled']}
     if fewer: self.centroids.delete(list(fewer), first=fewer)
-    for i in ids: self.cache.pop(i, None)
+    for i in ids: self.cache.pop(i, None); self.sketches.pop(i, None)
 
 # %% ../nbs/05b_retriever.ipynb #8a06d638
 @patch
@@ -315,10 +323,11 @@ def delete_pages(self:MilvusColbertRetriever, page_ids:list # pages to remove
     rows = self.db.get(self.collection_name, ids=ids, output_fields=['n_vectors'])
     self.db.delete(self.collection_name, ids=ids)
     if self.files is None:
-        pks = [blob_pk(r['page_id'], i) for r in rows for i in range(n_chunks(r['n_vectors'] * self.dim))]
+        pks = [blob_pk(r['page_id'], i) for r in rows
+               for i in [*range(n_chunks(r['n_vectors'] * self.dim)), SKETCH_CHUNK]]
         for s in range(0, len(pks), MAX_IDS): self.db.delete(self.vectors_collection, ids=pks[s:s+MAX_IDS])
         self.centroids.delete([r['page_id'] for r in rows])
-        for i in ids: self.cache.pop(i, None)
+        for i in ids: self.cache.pop(i, None); self.sketches.pop(i, None)
     self._changed()
 
 # %% ../nbs/05b_retriever.ipynb #c3a7261d
@@ -409,6 +418,10 @@ def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:i
     return {p: v for part in parts for p, v in part.items()}
 
 # %% ../nbs/05b_retriever.ipynb #81bfbc00
+def page_version(row:dict)->tuple:
+    "What tells two versions of a page apart in a cache: its vector count and content hash."
+    return (row['n_vectors'], row.get('sha256'))
+
 @patch
 def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n_vectors, offset, sha256)
                  skip_missing:bool=False, # leave out pages whose vectors are gone (deleted by another client meanwhile)
@@ -416,11 +429,10 @@ def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n
                 )->dict:
     "Every vector of each page in `rows`, as float16 (page id -> (n_vectors, dim))."
     if self.files is not None: return {int(r['page_id']): self.files.vectors(r['offset'], r['n_vectors']) for r in rows}
-    def key(r): return (r['n_vectors'], r.get('sha256'))
     out, todo = {}, []
     for r in rows:
         hit = self.cache.get(int(r['page_id']))
-        if hit is not None and hit[0] == key(r):
+        if hit is not None and hit[0] == page_version(r):
             out[int(r['page_id'])] = hit[1]; self.cache.move_to_end(int(r['page_id']))
         else: todo.append(r)
     got = self._fetch_blobs(todo, read) if todo else {}   # a page row in a snapshot has its blobs there too
@@ -429,17 +441,18 @@ def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n
         if pid not in got and skip_missing: continue
         if pid not in got: raise RuntimeError(f"page {pid} is incomplete in {self.vectors_collection!r}; re-add it.")
         out[pid] = got[pid]
-        self.cache[pid] = (key(r), got[pid])
+        self.cache[pid] = (page_version(r), got[pid])
     self._trim_cache()
     return out
 
 # %% ../nbs/05b_retriever.ipynb #3dcb663e
 @patch
 def _trim_cache(self:MilvusColbertRetriever):
-    "Drop the least recently read pages until the cache holds at most half of `memory_budget`."
-    held = sum(v.nbytes for _, v in self.cache.values())
-    while self.cache and held > self.memory_budget // 2:
-        _, (_, v) = self.cache.popitem(last=False); held -= v.nbytes
+    "Drop the least recently read pages until the vectors held take at most half of `memory_budget`, sketches 1/8."
+    for cache, share in ((self.cache, 2), (self.sketches, 8)):
+        held = sum(v.nbytes for _, v in cache.values())
+        while cache and held > self.memory_budget // share:
+            _, (_, v) = cache.popitem(last=False); held -= v.nbytes
 
 # %% ../nbs/05b_retriever.ipynb #79a595ef
 @patch
@@ -534,6 +547,37 @@ def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q
         if len(found) >= n or len(blocks) < ask: return found
         ask *= 2   # blocks of replaced or deleted pages took places: look further
 
+# %% ../nbs/05b_retriever.ipynb #6c03047e
+@patch
+def _fetch_sketches(self:MilvusColbertRetriever, rows:list, read:dict)->dict:
+    "Sign sketches of pages from their sketch rows, several gets at once (pages without one are left out)."
+    n = {int(r['page_id']): r['n_vectors'] for r in rows}
+    pks = [blob_pk(p, SKETCH_CHUNK) for p in n]
+    def fetch(s):
+        return {int(b['doc_id']): from_sketch(b['data']['s'], n[int(b['doc_id'])])
+                for b in self.db.get(self.vectors_collection, ids=pks[s:s+BLOB_BATCH], output_fields=['doc_id', 'data'],
+                                     **read) if b['data'].get('s')}
+    with ThreadPoolExecutor(FETCH_THREADS) as pool: parts = list(pool.map(fetch, range(0, len(pks), BLOB_BATCH)))
+    return {p: v for part in parts for p, v in part.items()}
+
+@patch
+def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
+           rows:dict, # the candidates' page rows by page id
+           k:int, # pages the search returns: at least this many are kept
+           read:dict # the snapshot to read
+          )->dict:
+    "The `n_rerank` (or `k`) candidates whose sign sketches score best, and those without a sketch (servers; Lite: all)."
+    keep = max(k, self.n_rerank or 0)
+    if self.files is not None or self.n_rerank is None or len(rows) <= keep: return rows
+    sk = {p: hit[1] for p, r in rows.items() if (hit := self.sketches.get(p)) is not None and hit[0] == page_version(r)}
+    for p, bits in self._fetch_sketches([r for p, r in rows.items() if p not in sk], read).items():
+        sk[p] = bits; self.sketches[p] = (page_version(rows[p]), bits)
+    for p in sk: self.sketches.move_to_end(p)
+    self._trim_cache()
+    have = [p for p in rows if p in sk]
+    best = {have[j] for j in rank(sketch_maxsim(q, [sk[p] for p in have], self.cand_dtype), keep)}
+    return {p: r for p, r in rows.items() if p in best or p not in sk}
+
 # %% ../nbs/05b_retriever.ipynb #3f48810f
 @patch
 def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
@@ -549,8 +593,8 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
     if page_ids is not None:
         ids = list(dict.fromkeys(int(i) for i in page_ids))
         few = len(ids) <= self.n_candidates or len(ids) * 1030 <= self.exhaustive_rows
-        rows = self.page_rows(ids, **read) if few else self.candidates(q, ids, read)
-    else: rows = self.candidates(q, read=read)
+        rows = self.page_rows(ids, **read) if few else self.screen(q, self.candidates(q, ids, read), k, read)
+    else: rows = self.screen(q, self.candidates(q, read=read), k, read)
     if not rows: return []
     vectors = self.read_vectors(list(rows.values()), skip_missing=True, **read)   # one snapshot for the whole search
     rows = [r for r in rows.values() if int(r['page_id']) in vectors]   # a page deleted meanwhile is left out

@@ -20,10 +20,11 @@ from .core import ColPaliMilvusError, DatabaseLockedError, MilvusUnavailableErro
 
 # %% auto #0
 __all__ = ['DATA_CALLS', 'PAGE_FIELDS', 'META_FIELDS', 'USER_FIELDS', 'MAX_PAGE_ID', 'VECTORS_SUFFIX', 'CENTROIDS_SUFFIX',
-           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'BLOB_BATCH', 'MAX_IDS', 'is_local_uri', 'lite_servers',
-           'lite_data_dir', 'lite_locked', 'open_client', 'close_client', 'is_unavailable', 'DeadlineClient',
-           'pages_schema', 'page_row', 'check_page_id', 'sources_expr', 'metadata_expr', 'blob_pk', 'n_chunks',
-           'to_blob', 'from_blob', 'vectors_schema', 'blob_rows', 'PageFiles', 'index_params']
+           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'SKETCH_CHUNK', 'BLOB_BATCH', 'MAX_IDS', 'is_local_uri',
+           'lite_servers', 'lite_data_dir', 'lite_locked', 'open_client', 'close_client', 'is_unavailable',
+           'DeadlineClient', 'pages_schema', 'page_row', 'check_page_id', 'sources_expr', 'metadata_expr', 'blob_pk',
+           'n_chunks', 'to_blob', 'from_blob', 'to_sketch', 'from_sketch', 'vectors_schema', 'blob_rows', 'PageFiles',
+           'index_params']
 
 # %% ../nbs/05_store.ipynb #f8e75322
 def is_local_uri(uri:str)->bool:
@@ -201,7 +202,8 @@ def metadata_expr(where:dict)->str:
 
 # %% ../nbs/05_store.ipynb #955c3ccc
 BLOB_CHARS = 60_000              # base64 characters per blob row
-MAX_CHUNKS = 1024                # blob rows per page: 46 MB of float16
+MAX_CHUNKS = 1024                # blob rows per page: 46 MB of float16, and the sign sketch
+SKETCH_CHUNK = MAX_CHUNKS - 1    # the blob row of a page's sign sketch
 BLOB_BATCH = 64                  # blob rows per insert or get: ~3.8 MB, well inside gRPC's 64 MB messages
 MAX_IDS = 16384                  # keys one get or delete names, and rows one query returns (Milvus's cap)
 
@@ -210,7 +212,7 @@ def blob_pk(page_id:int, chunk:int)->int:
     return (int(page_id) << 10) | chunk
 
 def n_chunks(n_values:int)->int:
-    "Blob rows needed for `n_values` float16 values."
+    "Blob rows needed for `n_values` float16 values (the sketch not counted)."
     return -(-(4 * -(-2 * int(n_values) // 3)) // BLOB_CHARS)
 
 # %% ../nbs/05_store.ipynb #a46ccc27
@@ -227,20 +229,33 @@ def from_blob(chunks:list[str], # the chunks in order
     "The float16 values that `to_blob` encoded."
     return np.frombuffer(base64.b64decode(''.join(chunks)), dtype=np.float16)[:n_values]
 
+# %% ../nbs/05_store.ipynb #4bcd15da
+def to_sketch(v:np.ndarray)->str:
+    "A page's sign bits (1 where a value is positive), packed per vector and base64-encoded ('' past `BLOB_CHARS`)."
+    b = base64.b64encode(np.packbits(np.asarray(v) > 0, axis=1).tobytes()).decode('ascii')
+    return b if len(b) <= BLOB_CHARS else ''
+
+def from_sketch(s:str, # what `to_sketch` made
+                n_vectors:int # the page's vectors
+               )->np.ndarray:
+    "The packed sign bits (n_vectors, ceil(dim / 8)) that `to_sketch` encoded."
+    return np.frombuffer(base64.b64decode(s), np.uint8).reshape(n_vectors, -1)
+
 # %% ../nbs/05_store.ipynb #d57eafc6
 def vectors_schema(client):
     "Schema of the blob rows: a key, the page id, a JSON chunk, and the 2-d vector field Milvus needs."
     s = client.create_schema(auto_id=False, enable_dynamic_field=False)
     s.add_field('pk', DataType.INT64, is_primary=True)
     s.add_field('doc_id', DataType.INT64)
-    s.add_field('data', DataType.JSON)                       # {"b": base64 chunk of the page's float16 stream}
+    s.add_field('data', DataType.JSON)   # {"b": a base64 chunk of the page's float16 stream} or {"s": its sketch}
     s.add_field('vector', DataType.FLOAT_VECTOR, dim=2)
     return s
 
 def blob_rows(page_id:int, v:np.ndarray)->list[dict]:
-    "The blob rows of one page's vectors."
-    return [{'pk': blob_pk(page_id, i), 'doc_id': int(page_id), 'data': {'b': ch}, 'vector': [0.0, 0.0]}
-            for i, ch in enumerate(to_blob(v))]
+    "The blob rows of one page: its vectors' chunks, and its sign sketch."
+    data = [{'b': ch} for ch in to_blob(v)] + [{'s': to_sketch(v)}]
+    return [{'pk': blob_pk(page_id, SKETCH_CHUNK if i == len(data) - 1 else i), 'doc_id': int(page_id), 'data': d,
+             'vector': [0.0, 0.0]} for i, d in enumerate(data)]
 
 # %% ../nbs/05_store.ipynb #9ae24e38
 class PageFiles:

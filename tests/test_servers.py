@@ -29,7 +29,7 @@ from pymilvus.exceptions import MilvusException
 
 from colpali_milvus.core import CollectionNotFoundError, DimensionMismatchError, MilvusUnavailableError
 from colpali_milvus.retriever import MilvusColbertRetriever
-from colpali_milvus.store import CENTROIDS_SUFFIX, close_client, open_client
+from colpali_milvus.store import CENTROIDS_SUFFIX, SKETCH_CHUNK, blob_pk, close_client, open_client
 
 pytestmark = pytest.mark.timeout(240)  # a safety net: a hung server must not hang the suite
 
@@ -517,6 +517,36 @@ def test_two_shards_return_the_same_pages_as_one(sharded, request):
         np.testing.assert_allclose([s for s, _ in one], [s for s, _ in two], rtol=1e-6)
 
 
+def test_the_screen_reads_n_rerank_pages_in_full_and_scores_stay_exact(server):
+    """Of 24 candidates, the sign sketches pick 6 (or k, if more) to read in full; the scores are exact MaxSim. A page without a sketch
+    row (written by an older version) is always kept, and deleting a page deletes its sketch row."""
+    ds, qs = corpus(8, 30)
+    client = open_client(server.uri)
+    r = MilvusColbertRetriever(client, 'screened', exhaustive_rows=0, n_candidates=24, n_rerank=6)
+    r.create_collection()
+    r.add_pages(list(range(len(ds))), ds)
+    stored = [d.astype(np.float16).astype(np.float32) for d in ds]
+    for page, q in qs.items():
+        r.cache.clear(); r.sketches.clear()
+        res = r.search_pages(q, k=3)
+        assert res[0][1]['page_id'] == page
+        np.testing.assert_allclose([s for s, _ in res], brute(q, [stored[row['page_id']] for _, row in res]), rtol=1e-5)
+        assert (len(r.sketches), len(r.cache)) == (24, 6)   # every candidate's sketch read; 6 pages' vectors
+    q = qs[3]
+    cands = r.candidates(q)
+    kept = r.screen(q, cands, 3, r.consistency())
+    assert len(kept) == 6 and len(r.screen(q, cands, 10, r.consistency())) == 10   # never fewer than k
+    last = [p for p in cands if p not in kept][0]   # a candidate the screen dropped
+    client.delete(r.vectors_collection, ids=[blob_pk(last, SKETCH_CHUNK)])
+    r.sketches.clear()
+    again = r.screen(q, cands, 3, {'consistency_level': 'Strong'})
+    assert last in again and len(again) == 7
+    r.delete_pages([11])
+    assert client.get(r.vectors_collection, ids=[blob_pk(11, SKETCH_CHUNK)], consistency_level='Strong') == []
+    for name in ('screened', r.vectors_collection, r.centroids.name): client.drop_collection(name)
+    close_client(client, server.uri)
+
+
 def test_vectors_of_many_pages_come_back_whole_from_parallel_gets(sharded):
     "48 pages need two gets of blob rows, run at once: every page comes back, equal to what was stored."
     rs, ds, _ = sharded
@@ -540,7 +570,7 @@ def test_blob_rows_are_flushed_every_flush_chars(milvus_server):
     assert client.get_collection_stats(r.vectors_collection)['row_count'] == 0   # below flush_chars: growing
     r.flush_chars = 1
     r.add_pages([1, 2], ds[1:])
-    assert client.get_collection_stats(r.vectors_collection)['row_count'] == 18   # 6 blob rows per page, all flushed
+    assert client.get_collection_stats(r.vectors_collection)['row_count'] == 21   # 6 blob rows and a sketch row per page, all flushed
     close_client(client, milvus_server.uri)
 
 
