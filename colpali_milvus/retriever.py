@@ -22,8 +22,8 @@ from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from
     CENTROIDS_SUFFIX,
     MAX_CHUNKS,
     MAX_IDS,
-    SKETCH_CHUNK,
     META_FIELDS,
+    SKETCH_CHUNK,
     VECTORS_SUFFIX,
     DeadlineClient,
     PageFiles,
@@ -566,7 +566,7 @@ def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
            k:int, # pages the search returns: at least this many are kept
            read:dict # the snapshot to read
           )->dict:
-    "The `n_rerank` (or `k`) candidates whose sign sketches score best, and those without a sketch (servers; Lite: all)."
+    "The `n_rerank` (or `k`) candidates whose sign sketches score best, and those without one (servers; Lite: all)."
     keep = max(k, self.n_rerank or 0)
     if self.files is not None or self.n_rerank is None or len(rows) <= keep: return rows
     sk = {p: hit[1] for p, r in rows.items() if (hit := self.sketches.get(p)) is not None and hit[0] == page_version(r)}

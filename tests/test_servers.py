@@ -518,8 +518,8 @@ def test_two_shards_return_the_same_pages_as_one(sharded, request):
 
 
 def test_the_screen_reads_n_rerank_pages_in_full_and_scores_stay_exact(server):
-    """Of 24 candidates, the sign sketches pick 6 (or k, if more) to read in full; the scores are exact MaxSim. A page without a sketch
-    row (written by an older version) is always kept, and deleting a page deletes its sketch row."""
+    """Of 24 candidates, the sign sketches pick 6 (or k, if more) to read in full; the scores are exact MaxSim. A page
+    without a sketch row (written by an older version) is always kept, and deleting a page deletes its sketch row."""
     ds, qs = corpus(8, 30)
     client = open_client(server.uri)
     r = MilvusColbertRetriever(client, 'screened', exhaustive_rows=0, n_candidates=24, n_rerank=6)
@@ -570,7 +570,7 @@ def test_blob_rows_are_flushed_every_flush_chars(milvus_server):
     assert client.get_collection_stats(r.vectors_collection)['row_count'] == 0   # below flush_chars: growing
     r.flush_chars = 1
     r.add_pages([1, 2], ds[1:])
-    assert client.get_collection_stats(r.vectors_collection)['row_count'] == 21   # 6 blob rows and a sketch row per page, all flushed
+    assert client.get_collection_stats(r.vectors_collection)['row_count'] == 21   # 7 rows a page, flushed
     close_client(client, milvus_server.uri)
 
 
