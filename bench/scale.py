@@ -254,10 +254,9 @@ def main():
         res['server_rss_after_queries'] = tree_rss_mb(srv.proc.pid)
         res['server_rss_per_page_kb'] = {k: v * 1024 / a.pages for k, v in res['server_rss_after_queries'].items()}
         res['disk_mb'] = du_mb(a.work/'server')
-        hold(srv, a)
-        srv.stop()
     else: res['disk_mb'] = du_mb(a.work/'scale.db')
-    (a.out/f'{a.backend}_{a.pages}.json').write_text(json.dumps(res, indent=1))
+    (a.out/f'{a.backend}_{a.pages}.json').write_text(json.dumps(res, indent=1))   # before holding: --reuse reads it
+    if srv: hold(srv, a); srv.stop()
     print(json.dumps({k: v for k, v in res.items() if k != 'build'}, indent=1))
     if not a.keep and not a.reuse:
         import shutil
