@@ -566,9 +566,10 @@ def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
            k:int, # pages the search returns: at least this many are kept
            read:dict # the snapshot to read
           )->dict:
-    "The `n_rerank` (or `k`) candidates whose sign sketches score best, and those without one (servers; Lite: all)."
+    "Candidates to rerank: the `n_rerank` (or `k`) best by sketch, those with cached vectors, those without a sketch."
+    cached = {p for p, r in rows.items() if (hit := self.cache.get(p)) is not None and hit[0] == page_version(r)}
     keep = max(k, self.n_rerank or 0)
-    if self.files is not None or self.n_rerank is None or len(rows) <= keep: return rows
+    if self.files is not None or self.n_rerank is None or len(rows) - len(cached) <= keep: return rows
     sk = {p: hit[1] for p, r in rows.items() if (hit := self.sketches.get(p)) is not None and hit[0] == page_version(r)}
     for p, bits in self._fetch_sketches([r for p, r in rows.items() if p not in sk], read).items():
         sk[p] = bits; self.sketches[p] = (page_version(rows[p]), bits)
@@ -576,7 +577,7 @@ def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
     self._trim_cache()
     have = [p for p in rows if p in sk]
     best = {have[j] for j in rank(sketch_maxsim(q, [sk[p] for p in have], self.cand_dtype), keep)}
-    return {p: r for p, r in rows.items() if p in best or p not in sk}
+    return {p: r for p, r in rows.items() if p in best or p in cached or p not in sk}
 
 # %% ../nbs/05b_retriever.ipynb #3f48810f
 @patch

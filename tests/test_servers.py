@@ -519,7 +519,8 @@ def test_two_shards_return_the_same_pages_as_one(sharded, request):
 
 def test_the_screen_reads_n_rerank_pages_in_full_and_scores_stay_exact(server):
     """Of 24 candidates, the sign sketches pick 6 (or k, if more) to read in full; the scores are exact MaxSim. A page
-    without a sketch row (written by an older version) is always kept, and deleting a page deletes its sketch row."""
+    without a sketch row (written by an older version), or with cached vectors, is always kept; deleting a page deletes
+    its sketch row."""
     ds, qs = corpus(8, 30)
     client = open_client(server.uri)
     r = MilvusColbertRetriever(client, 'screened', exhaustive_rows=0, n_candidates=24, n_rerank=6)
@@ -534,6 +535,7 @@ def test_the_screen_reads_n_rerank_pages_in_full_and_scores_stay_exact(server):
         assert (len(r.sketches), len(r.cache)) == (24, 6)   # every candidate's sketch read; 6 pages' vectors
     q = qs[3]
     cands = r.candidates(q)
+    r.cache.clear()
     kept = r.screen(q, cands, 3, r.consistency())
     assert len(kept) == 6 and len(r.screen(q, cands, 10, r.consistency())) == 10   # never fewer than k
     last = [p for p in cands if p not in kept][0]   # a candidate the screen dropped
@@ -541,6 +543,11 @@ def test_the_screen_reads_n_rerank_pages_in_full_and_scores_stay_exact(server):
     r.sketches.clear()
     again = r.screen(q, cands, 3, {'consistency_level': 'Strong'})
     assert last in again and len(again) == 7
+    other = [p for p in cands if p not in again][0]
+    r.read_vectors([cands[other]])   # cached vectors cost no read: that page is reranked too
+    assert set(r.screen(q, cands, 3, {'consistency_level': 'Strong'})) == set(again) | {other}
+    r.read_vectors([cands[p] for p in list(cands)[:18]])   # 6 pages left to read: no screen needed
+    assert r.screen(q, cands, 3, {'consistency_level': 'Strong'}) == cands
     r.delete_pages([11])
     assert client.get(r.vectors_collection, ids=[blob_pk(11, SKETCH_CHUNK)], consistency_level='Strong') == []
     for name in ('screened', r.vectors_collection, r.centroids.name): client.drop_collection(name)
