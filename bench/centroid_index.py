@@ -18,7 +18,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent/'tests')]
 from corpus import Corpus  # noqa: E402
-from scale import BULK_BUILD  # noqa: E402
+from scale import BULK_BUILD, exact_maxsim  # noqa: E402
 
 from colpali_milvus.candidates import MilvusCandidates, page_centroids  # noqa: E402
 from colpali_milvus.maxsim import sketch_maxsim  # noqa: E402
@@ -30,14 +30,19 @@ SWEEP = [(128, 128), (128, 256), (256, 256), (256, 512), (512, 512)]   # (hits, 
 
 def corpus_facts(pages:int, n_queries:int, pool:int)->tuple:
     "Queries, exact MaxSim of each query on each page (float16 vectors, as stored), centroids, sign bits."
+    import torch
     c = Corpus(pages, 0)
     Q = np.stack([c.query(j)[0] for j in range(n_queries)]).astype(np.float32)
-    flat, exact, cents, bits = Q.reshape(-1, Q.shape[-1]), np.empty((n_queries, pages), np.float32), [], []
+    exact, cents, bits = np.empty((n_queries, pages), np.float32), [], []
     for i in range(pages):
         p = c.page(i).astype(np.float16).astype(np.float32)
-        exact[:, i] = (flat @ p.T).reshape(n_queries, Q.shape[1], -1).max(2).sum(1)
+        exact[:, i] = exact_maxsim(torch.from_numpy(Q), [p])[:, 0]
         cents.append(page_centroids(p, pool)); bits.append(np.packbits(p > 0, axis=1))
     return Q, exact, cents, bits
+
+def by_sketch(q, cand:np.ndarray, bits:list)->np.ndarray:
+    "The candidate page ids `cand`, best first by their sign sketches."
+    return cand[np.argsort(-sketch_maxsim(q, [bits[p] for p in cand], 'float32'))]
 
 def build(client, name:str, index:str, params:dict, cents:list, pool:int)->tuple:
     "A centroid collection of every page, indexed: the stage and the seconds to insert and to index."
@@ -61,8 +66,7 @@ def sweep(mc, Q, exact, bits, n_candidates:int=100, n_rerank=(20, 30))->list:
             ts.append(time.time() - t)
             top = set(np.argsort(-exact[j])[:10].tolist())
             for n in rec: rec[n].append(len(top & set(pids[:n].tolist())) / 10)
-            cand = pids[:n_candidates]
-            order = cand[np.argsort(-sketch_maxsim(q, [bits[p] for p in cand], 'float32'))]
+            order = by_sketch(q, pids[:n_candidates], bits)
             for m in screened: screened[m].append(len(top & set(order[:m].tolist())) / 10)
         out.append(dict(hits=hits, ef=ef, median_ms=float(np.median(ts) * 1e3),
                         recall_in_candidates={n: float(np.mean(v)) for n, v in rec.items()},
@@ -75,7 +79,7 @@ def screen_alone(Q, exact, bits, n_candidates:int=100, keep=(10, 15, 20, 25, 30,
     rec = {m: [] for m in keep}
     for j, q in enumerate(Q):
         cand = np.argsort(-exact[j])[:n_candidates]
-        order = cand[np.argsort(-sketch_maxsim(q, [bits[p] for p in cand], 'float32'))]
+        order = by_sketch(q, cand, bits)
         for m in rec: rec[m].append(len(set(cand[:10].tolist()) & set(order[:m].tolist())) / 10)
     return {m: float(np.mean(v)) for m, v in rec.items()}
 

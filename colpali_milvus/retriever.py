@@ -44,7 +44,7 @@ from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from
 
 # %% auto #0
 __all__ = ['FLUSH_CHARS', 'FETCH_THREADS', 'FEWEST_VECTORS', 'candidate_dtype', 'MilvusColbertRetriever', 'page_version',
-           'SmallCollection']
+           'cache_hit', 'SmallCollection']
 
 # %% ../nbs/05b_retriever.ipynb #dc9fc4ec
 def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
@@ -422,6 +422,13 @@ def page_version(row:dict)->tuple:
     "What tells two versions of a page apart in a cache: its vector count and content hash."
     return (row['n_vectors'], row.get('sha256'))
 
+def cache_hit(cache:OrderedDict, # page id -> (its version, a value)
+              row:dict # the page's row
+             ):
+    "What `cache` holds for the page of `row` if it holds that version of it, else None."
+    hit = cache.get(int(row['page_id']))
+    return hit[1] if hit is not None and hit[0] == page_version(row) else None
+
 @patch
 def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n_vectors, offset, sha256)
                  skip_missing:bool=False, # leave out pages whose vectors are gone (deleted by another client meanwhile)
@@ -431,10 +438,8 @@ def read_vectors(self:MilvusColbertRetriever, rows:list, # page rows (page_id, n
     if self.files is not None: return {int(r['page_id']): self.files.vectors(r['offset'], r['n_vectors']) for r in rows}
     out, todo = {}, []
     for r in rows:
-        hit = self.cache.get(int(r['page_id']))
-        if hit is not None and hit[0] == page_version(r):
-            out[int(r['page_id'])] = hit[1]; self.cache.move_to_end(int(r['page_id']))
-        else: todo.append(r)
+        if (v := cache_hit(self.cache, r)) is None: todo.append(r)
+        else: out[int(r['page_id'])] = v; self.cache.move_to_end(int(r['page_id']))
     got = self._fetch_blobs(todo, read) if todo else {}   # a page row in a snapshot has its blobs there too
     for r in todo:
         pid = int(r['page_id'])
@@ -567,10 +572,10 @@ def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
            read:dict # the snapshot to read
           )->dict:
     "Candidates to rerank: the `n_rerank` (or `k`) best by sketch, those with cached vectors, those without a sketch."
-    cached = {p for p, r in rows.items() if (hit := self.cache.get(p)) is not None and hit[0] == page_version(r)}
-    keep = max(k, self.n_rerank or 0)
-    if self.files is not None or self.n_rerank is None or len(rows) - len(cached) <= keep: return rows
-    sk = {p: hit[1] for p, r in rows.items() if (hit := self.sketches.get(p)) is not None and hit[0] == page_version(r)}
+    if self.files is not None or self.n_rerank is None: return rows
+    cached, keep = {p for p, r in rows.items() if cache_hit(self.cache, r) is not None}, max(k, self.n_rerank)
+    if len(rows) - len(cached) <= keep: return rows
+    sk = {p: bits for p, r in rows.items() if (bits := cache_hit(self.sketches, r)) is not None}
     for p, bits in self._fetch_sketches([r for p, r in rows.items() if p not in sk], read).items():
         sk[p] = bits; self.sketches[p] = (page_version(rows[p]), bits)
     for p in sk: self.sketches.move_to_end(p)

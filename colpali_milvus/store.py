@@ -253,9 +253,9 @@ def vectors_schema(client):
 
 def blob_rows(page_id:int, v:np.ndarray)->list[dict]:
     "The blob rows of one page: its vectors' chunks, and its sign sketch."
-    data = [{'b': ch} for ch in to_blob(v)] + [{'s': to_sketch(v)}]
-    return [{'pk': blob_pk(page_id, SKETCH_CHUNK if i == len(data) - 1 else i), 'doc_id': int(page_id), 'data': d,
-             'vector': [0.0, 0.0]} for i, d in enumerate(data)]
+    data = {**{i: {'b': ch} for i, ch in enumerate(to_blob(v))}, SKETCH_CHUNK: {'s': to_sketch(v)}}
+    return [{'pk': blob_pk(page_id, i), 'doc_id': int(page_id), 'data': d, 'vector': [0.0, 0.0]}
+            for i, d in data.items()]
 
 # %% ../nbs/05_store.ipynb #9ae24e38
 class PageFiles:
