@@ -9,7 +9,7 @@ import numpy as np
 from fastcore.basics import patch
 from pymilvus import DataType
 
-from .maxsim import block_maxsim, rank
+from .maxsim import block_maxsim, gather_rows, int8_block_maxsim, rank
 from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
 # %% auto #0
@@ -49,19 +49,28 @@ class LocalCandidates:
                 ):
         self.files, self.dtype = files, dtype
 
+    def scores(self, q:np.ndarray, # query vectors (q, dim), float32
+               slots:np.ndarray|None=None # only these blocks (None: all)
+              )->np.ndarray:
+        "Centroid MaxSim of each block (of `slots`): from int8 codes, or bfloat16 bits where the files predate them."
+        bits, ids = self.files.centroids()
+        pool, coded = self.files.pool, self.files.centroid_codes(len(ids))
+        spans = None if slots is None else [(int(s) * pool, pool) for s in slots]
+        if coded is not None:
+            codes, scales = coded
+            if spans is None: return int8_block_maxsim(q, codes, scales, pool)
+            return int8_block_maxsim(q, gather_rows(codes, spans), scales[np.asarray(slots, np.int64)], pool)
+        return block_maxsim(q, bits if spans is None else gather_rows(bits, spans), pool, self.dtype)
+
     def search(self, q:np.ndarray, # query vectors (q, dim), float32
                n:int, # blocks wanted
                slots:np.ndarray|None=None # only these blocks (None: all)
               )->tuple[np.ndarray, np.ndarray]:
         "The best `n` blocks by centroid MaxSim, best first: (block numbers, their page ids)."
-        bits, ids = self.files.centroids()
-        if not len(ids): return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        if slots is not None:   # few blocks: score only them
-            slots = np.asarray(slots, np.int64)
-            rows = (slots[:, None] * self.files.pool + np.arange(self.files.pool)).ravel()
-            s = block_maxsim(q, np.ascontiguousarray(bits[rows]), self.files.pool, self.dtype)
-            best = slots[rank(s, n)]
-        else: best = rank(block_maxsim(q, bits, self.files.pool, self.dtype), n)
+        ids = self.files.centroids()[1]
+        if not len(ids) or (slots is not None and not len(slots)): return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        s = self.scores(q, slots)
+        best = rank(s, n) if slots is None else np.asarray(slots, np.int64)[rank(s, n)]
         return best.astype(np.int64), np.asarray(ids[best], np.int64)
 
 # %% ../nbs/05a_candidates.ipynb #0e77b188

@@ -10,9 +10,9 @@ import numpy as np
 from .core import DimensionMismatchError
 
 # %% auto #0
-__all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'bf16_bits', 'bf16_tensor', 'block_maxsim',
-           'page_max', 'stacked_exact', 'page_rows_view', 'refine', 'refined_maxsim', 'rerank', 'max_norms',
-           'sketch_maxsim']
+__all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'bf16_bits', 'bf16_tensor', 'bf16_norm',
+           'gather_rows', 'block_maxsim', 'int8_rows', 'int8_block_maxsim', 'page_max', 'stacked_exact',
+           'page_rows_view', 'refine', 'score_best', 'refined_maxsim', 'rerank', 'max_norms', 'sketch_maxsim']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -115,6 +115,23 @@ def bf16_tensor(bits:np.ndarray):
     import torch
     return _tensor(bits).view(torch.bfloat16)
 
+def bf16_norm(b)->float:
+    "A bound on the largest norm of the vectors that the rows of `b` (a bfloat16 tensor) were rounded from."
+    import torch
+    return float(torch.linalg.vector_norm(b, dim=1, dtype=torch.float32).max()) / (1 - 2**-8)
+
+# %% ../nbs/04_maxsim.ipynb #582e4430
+def gather_rows(m:np.ndarray, # a matrix (rows, dim): float32, or bfloat16 bits (uint16)
+                spans:list # each page's (first row, number of rows)
+               )->np.ndarray:
+    "The rows of each span of `m`, stacked in order."
+    import torch
+    if not len(spans): return np.zeros((0, m.shape[1]), m.dtype)
+    start, n = (np.asarray(x, np.int64) for x in zip(*spans))
+    at = np.repeat(start - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+    same = m.view(np.int16) if m.dtype == np.uint16 else m   # torch has no uint16 gather: the same bits as int16
+    return _tensor(same).index_select(0, torch.from_numpy(at)).numpy().view(m.dtype)
+
 # %% ../nbs/04_maxsim.ipynb #3ed29b5c
 def block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
                  bits:np.ndarray, # blocks of rows as bfloat16 bits, (n_blocks * rows, dim)
@@ -133,6 +150,32 @@ def block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
         c = cent[s*rows:e*rows] if dtype == 'bfloat16' else cent[s*rows:e*rows].float()
         out[s:e] = (tq @ c.T).float().view(len(q), e - s, rows).amax(2).sum(0)
     return out.numpy()
+
+# %% ../nbs/04_maxsim.ipynb #bbb7cefb
+def int8_rows(a:np.ndarray # rows (n, dim)
+             )->tuple[np.ndarray, np.float32]:
+    "Rows as int8 codes, and one scale (the largest |value| / 127): a value is near its code times the scale."
+    a = np.asarray(a, np.float32)
+    scale = np.float32(np.abs(a).max() / 127) if a.size and np.abs(a).max() > 0 else np.float32(1)
+    return np.rint(a / scale).astype(np.int8), scale
+
+def int8_block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
+                      codes:np.ndarray, # blocks of rows as int8 codes, (n_blocks * rows, dim)
+                      scales:np.ndarray, # each block's scale (n_blocks,)
+                      rows:int, # rows per block
+                      chunk:int=1024 # blocks per product
+                     )->np.ndarray:
+    "MaxSim of `q` against each block of `rows` int8 rows: one score per block, to rank them."
+    import torch
+    tq = torch.from_numpy(np.ascontiguousarray(q, np.float32))
+    sq = tq.abs().amax(1, keepdim=True) / 127
+    sq = torch.where(sq > 0, sq, torch.ones_like(sq))
+    q8, c, n = (tq / sq).round().to(torch.int8), _tensor(codes), len(codes) // rows
+    out = torch.empty(n)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        out[s:e] = (torch._int_mm(q8, c[s*rows:e*rows].T).view(len(q8), e - s, rows).amax(2).float() * sq).sum(0)
+    return out.numpy() * np.asarray(scales[:n], np.float32)
 
 # %% ../nbs/04_maxsim.ipynb #f5971cd6
 def page_max(prod, # a query's product with the rows of pages, (q, rows), a torch tensor
@@ -156,36 +199,65 @@ def stacked_exact(tq, # query vectors, a float32 torch tensor (q, dim)
 def page_rows_view(prod, # a query's product with the rows of pages, (q, rows), a torch tensor
                    lens:list # rows per page
                   ):
-    "The product as (q, pages, most rows per page); rows past a page's end are -inf."
+    "The product as (q, pages, most rows per page); rows past a page's end hold the lowest value (-inf)."
     import torch
     n, most = len(lens), max(lens)
     if min(lens) == most: return prod.view(len(prod), n, most)   # ColPali pages: no copy
     at = torch.cat([torch.arange(size) + j * most for j, size in enumerate(lens)])
-    v = torch.full((len(prod), n * most), -torch.inf, dtype=prod.dtype)
+    low = -torch.inf if prod.is_floating_point() else torch.iinfo(prod.dtype).min
+    v = torch.full((len(prod), n * most), low, dtype=prod.dtype)
     v[:, at] = prod
     return v.view(len(prod), n, most)
 
 # %% ../nbs/04_maxsim.ipynb #fa7683ce
-def refine(v, # the screened product, (q, pages, rows) as `page_rows_view` gives it, bfloat16
+def refine(v, # the screened product, (q, pages, rows) as `page_rows_view` gives it: bfloat16, or int32 steps
+           top, # its maximum per query vector and page, v.amax(2)
            tq, # query vectors, a float32 torch tensor (q, dim)
            pages:list, # page arrays (n_i, dim), float16 or float32
            sel:np.ndarray, # the pages to score
-           slack # per query vector: twice the bound on |screened - exact|, a torch tensor (q,)
+           slack # per query vector and page, (q, pages): twice the bound on |screened - exact|, in `v`'s units
           )->tuple[np.ndarray, int]:
     "Exact MaxSim of pages `sel`: a float32 dot only for rows within `slack` of a page's screened maximum."
     import torch
-    w = v[:, torch.from_numpy(np.asarray(sel, np.int64))]
-    floor = w.amax(2).float() - slack[:, None]
-    down = floor.bfloat16()   # the floor rounded down to bfloat16, so that the comparison stays in bfloat16
-    down = torch.where(down.float() > floor, torch.nextafter(down, torch.full_like(down, -torch.inf)), down)
-    qi, pj, lj = (x.numpy() for x in torch.nonzero(w >= down[:, :, None], as_tuple=True))
+    at = torch.from_numpy(np.asarray(sel, np.int64))
+    if v.is_floating_point():   # the floor rounded down to bfloat16, so that the comparison stays in bfloat16
+        floor = top[:, at].float() - slack[:, at]
+        down = floor.bfloat16()
+        down = torch.where(down.float() > floor, torch.nextafter(down, torch.full_like(down, -torch.inf)), down)
+    else: down = top[:, at] - slack[:, at]   # integer steps: exact
+    few = 2 * len(sel) < v.shape[1]   # few pages: compare a copy of theirs; many: all, the others above reach
+    high = torch.inf if v.is_floating_point() else torch.iinfo(v.dtype).max
+    w, floors = (v[:, at], down) if few else (v, torch.full(top.shape, high, dtype=v.dtype).index_copy_(1, at, down))
+    qi, pj, lj = (x.numpy() for x in torch.nonzero(w >= floors[:, :, None], as_tuple=True))
+    if not few: pos = np.empty(v.shape[1], np.int64); pos[np.asarray(sel, np.int64)] = np.arange(len(sel)); pj = pos[pj]
     order = np.argsort(pj, kind='stable'); qi, pj, lj = qi[order], pj[order], lj[order]
     cut = np.flatnonzero(np.diff(pj)) + 1
-    rows = np.concatenate([np.asarray(pages[sel[p[0]]])[idx] for p, idx in zip(np.split(pj, cut), np.split(lj, cut))])
-    dots = (tq[torch.from_numpy(qi)] * torch.from_numpy(rows.astype(np.float32))).sum(1)
-    best = torch.full((len(tq) * len(sel),), -torch.inf).scatter_reduce_(0, torch.from_numpy(qi * len(sel) + pj),
-                                                                          dots, 'amax')
+    rows = torch.from_numpy(np.concatenate([np.asarray(pages[sel[p[0]]])[idx]
+                                            for p, idx in zip(np.split(pj, cut), np.split(lj, cut))])).float()
+    dots = (tq[torch.from_numpy(qi)] * rows).sum(1)
+    best = torch.full((len(tq) * len(sel),), -torch.inf).scatter_reduce_(
+        0, torch.from_numpy(qi * len(sel) + pj), dots, 'amax')
     return best.view(len(tq), len(sel)).sum(0).numpy(), len(qi)
+
+# %% ../nbs/04_maxsim.ipynb #7683b179
+def score_best(approx:np.ndarray, # each page's screened MaxSim
+               err:np.ndarray, # per page: how far its exact MaxSim may be from `approx`
+               k:int|None, # pages wanted (None: score all)
+               score, # exact scorer: page indices -> (their scores, float32 dots it took)
+               stats:dict|None=None # if given, gets 'pages' and 'pairs' scored in float32
+              )->np.ndarray:
+    "Exact scores of the pages that may be among the `k` best (-inf for those proven not to be)."
+    n = len(approx)
+    s, done = np.full(n, -np.inf, np.float32), []
+    def run(sel): s[sel], pairs = score(sel); done.append((len(sel), pairs))
+    if not k or k >= n: run(np.arange(n))
+    else:
+        order = np.argsort(-approx, kind='stable')
+        run(order[:k])   # the k best screened, exactly: their k-th score is a floor
+        rest = order[k:][approx[order[k:]] + err[order[k:]] >= s[order[:k]].min()]
+        if len(rest): run(rest)   # pages that may still beat the floor
+    if stats is not None: stats.update(pages=sum(d[0] for d in done), pairs=sum(d[1] for d in done))
+    return s
 
 # %% ../nbs/04_maxsim.ipynb #d00dfeed
 def refined_maxsim(tq, # query vectors, a float32 torch tensor (q, dim)
@@ -198,18 +270,10 @@ def refined_maxsim(tq, # query vectors, a float32 torch tensor (q, dim)
     "Exact float32 MaxSim of each page from one bfloat16 product (-inf for pages proven not among the `k` best)."
     import torch
     v = page_rows_view(tq.bfloat16() @ b.T, [len(p) for p in pages])   # bfloat16 out: its rounding is in BF16_ERR
-    slack, n = 2 * BF16_ERR * norm * torch.linalg.vector_norm(tq, dim=1), len(pages)
-    s, done = np.full(n, -np.inf, np.float32), []
-    def score(sel): s[sel], pairs = refine(v, tq, pages, sel, slack); done.append((len(sel), pairs))
-    if not k or k >= n: score(np.arange(n))
-    else:
-        approx = v.amax(2).float().sum(0).numpy()   # each page's screened MaxSim, within slack.sum() / 2 of its exact
-        order = np.argsort(-approx, kind='stable')
-        score(order[:k])   # the k best screened, exactly: their k-th score is a floor
-        rest = order[k:][approx[order[k:]] + float(slack.sum()) / 2 >= s[order[:k]].min()]
-        if len(rest): score(rest)   # pages that may still beat the floor
-    if stats is not None: stats.update(pages=sum(d[0] for d in done), pairs=sum(d[1] for d in done))
-    return s
+    slack = (2 * BF16_ERR * norm * torch.linalg.vector_norm(tq, dim=1))[:, None].expand(-1, len(pages))
+    top = v.amax(2)
+    approx = top.float().sum(0).numpy()   # each page's screened MaxSim, within slack.sum(0) / 2 of its exact
+    return score_best(approx, slack.sum(0).numpy() / 2, k, lambda sel: refine(v, top, tq, pages, sel, slack), stats)
 
 # %% ../nbs/04_maxsim.ipynb #a1b2c3d4
 def rerank(q:np.ndarray, # query vectors (q, dim), float32
@@ -229,7 +293,7 @@ def rerank(q:np.ndarray, # query vectors (q, dim), float32
         s = page_max(tq @ _tensor(stacked).T, [len(p) for p in pages]) if f32 else stacked_exact(tq, pages)
     else:
         b = bf16_tensor(stacked) if stacked is not None else torch.cat([_tensor(p) for p in pages]).bfloat16()
-        if norm is None: norm = float(torch.linalg.vector_norm(b, dim=1, dtype=torch.float32).max()) * (1 + 2**-8)
+        if norm is None: norm = bf16_norm(b)
         s = refined_maxsim(tq, b, pages, norm, k, stats)
     best = rank(s, k)
     return best, s[best]

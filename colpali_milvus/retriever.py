@@ -15,7 +15,19 @@ from pymilvus import mkts_from_unixtime
 
 from .candidates import LocalCandidates, MilvusCandidates, centroid_block, page_centroids
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
-from .maxsim import as_matrix, bf16_bits, block_maxsim, max_norms, rank, rerank, sketch_maxsim
+from colpali_milvus.maxsim import (
+    as_matrix,
+    bf16_bits,
+    bf16_norm,
+    bf16_tensor,
+    block_maxsim,
+    gather_rows,
+    int8_block_maxsim,
+    max_norms,
+    rank,
+    rerank,
+    sketch_maxsim,
+)
 from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from here)
     BLOB_BATCH,
     BLOB_CHARS,
@@ -43,8 +55,8 @@ from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from
 )
 
 # %% auto #0
-__all__ = ['FLUSH_CHARS', 'FETCH_THREADS', 'FEWEST_VECTORS', 'candidate_dtype', 'MilvusColbertRetriever', 'page_version',
-           'cache_hit', 'SmallCollection']
+__all__ = ['FLUSH_CHARS', 'FETCH_THREADS', 'FEWEST_VECTORS', 'FEWEST_CANDIDATES', 'candidate_dtype', 'MilvusColbertRetriever',
+           'page_version', 'cache_hit', 'SmallCollection']
 
 # %% ../nbs/05b_retriever.ipynb #dc9fc4ec
 def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
@@ -64,7 +76,7 @@ class MilvusColbertRetriever:
                  # name of the pages collection; servers add `<name>__vectors` and `<name>__centroids`
                  collection_name:str,
                  dim:int=128, # vector dimension (ColPali: 128); an existing collection's own dim wins
-                 n_candidates:int=100, # pages the candidate stage names per query
+                 n_candidates:int=100, # pages the candidate stage names per query (small collections: fewer)
                  # on a server: of those, pages read in full and scored exactly, the best by their sign sketches
                  # (None: all of them)
                  n_rerank:int|None=32,
@@ -93,10 +105,11 @@ class MilvusColbertRetriever:
         self.norms = {}                              # (page id, version) -> its largest vector norm (see `max_norm`)
         self._small, self._checked, self._wrote_at, self._n_pages = None, -np.inf, 0., None
         self._unflushed, self.flush_chars = 0, FLUSH_CHARS   # blob characters written since the last flush; the limit
-        if self.exists():
+        if stored := self.exists():
             self.dim = self._schema_dim()
             self._check_layout()
         self._open_files()
+        if stored and self.files is not None: self._commit_stored()
 
 # %% ../nbs/05b_retriever.ipynb #d43951a2
 @patch
@@ -104,6 +117,16 @@ def _open_files(self:MilvusColbertRetriever):
     "Open the page files of a collection on Milvus Lite in this process (nothing on a server)."
     if self.lite_dir is not None:
         self.files = PageFiles(self.lite_dir/'colpali_vectors'/self.collection_name, self.dim, self.pool)
+
+@patch
+def _commit_stored(self:MilvusColbertRetriever):
+    "Commit the appends whose page rows were written but whose commit was cut short (a crash in between)."
+    slots = self.files.uncommitted()
+    if not len(slots): return
+    ids = self.files.centroids()[1]
+    rows = self.page_rows(sorted({int(ids[s]) for s in slots if s < len(ids)}), ('page_id', 'slot'))
+    for s in slots.tolist():
+        if s < len(ids) and rows.get(int(ids[s]), {}).get('slot') == s: self.files.commit(s, s + 1)
 
 @patch(as_prop=True)
 def vectors_collection(self:MilvusColbertRetriever)->str:
@@ -250,6 +273,7 @@ def add_pages(self:MilvusColbertRetriever, page_ids:list, # the pages' ids (the 
         rows = [page_row(i, mu, len(v), len(c), m, off, slot)
                 for i, mu, v, c, m, (off, slot) in zip(ids, means, vs, cents, meta, where)]
         self.db.upsert(self.collection_name, rows)
+        self.files.commit(where[0][1], where[-1][1] + 1)   # searches may now take these pages from the files
     else: self._write_server(ids, vs, cents, means, meta)
     self._changed()
 
@@ -322,6 +346,7 @@ def delete_pages(self:MilvusColbertRetriever, page_ids:list # pages to remove
     if not ids: return
     rows = self.db.get(self.collection_name, ids=ids, output_fields=['n_vectors'])
     self.db.delete(self.collection_name, ids=ids)
+    if self.files is not None: self.files.mark_deleted(ids)   # the page files tell searches too
     if self.files is None:
         pks = [blob_pk(r['page_id'], i) for r in rows
                for i in [*range(n_chunks(r['n_vectors'] * self.dim)), SKETCH_CHUNK]]
@@ -468,19 +493,26 @@ def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned 
 
 # %% ../nbs/05b_retriever.ipynb #0d5d29b2
 FEWEST_VECTORS = 64   # vectors of the smallest page: a count of pages above exhaustive_rows / 64 is never small
+FEWEST_CANDIDATES = 48   # a small collection reranks a quarter of its pages by centroids, at least this many
 
 class SmallCollection:
     "Every vector of a small collection in one matrix: page rows, the matrix, each page's first row, the largest norm."
     def __init__(self, rows:list, vectors:dict, dtype:str,
-                 centroids:np.ndarray|None=None, # the pages' centroid blocks in the order of `rows`, bfloat16 bits
-                 pool:int=0 # rows per centroid block
+                 centroids:np.ndarray|None=None, # the pages' centroid blocks in the order of `rows`: bfloat16 bits,
+                 pool:int=0, # rows per centroid block
+                 centroid_scales:np.ndarray|None=None, # or int8 codes with these scales, one per block
+                 screen:np.ndarray|None=None # the pages' rows as bfloat16 bits, stacked (Lite's page files hold them)
                 ):
         self.rows, self.dtype, self.centroids, self.pool = rows, dtype, centroids, pool
-        lens = np.array([r['n_vectors'] for r in rows], np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        self.centroid_scales = centroid_scales
+        self.lens = np.array([r['n_vectors'] for r in rows], np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lens)[:-1]]).astype(np.int64)
         self.pages = [vectors[int(r['page_id'])] for r in rows]   # float16 (views of the page files on Lite)
+        if dtype == 'bfloat16' and screen is not None:
+            self.matrix, self.norm = screen, bf16_norm(bf16_tensor(screen))
+            return
         dim = self.pages[0].shape[1] if rows else 0
-        self.matrix = np.empty((int(lens.sum()), dim), np.uint16 if dtype == 'bfloat16' else np.float32)
+        self.matrix = np.empty((int(self.lens.sum()), dim), np.uint16 if dtype == 'bfloat16' else np.float32)
         sq = 0.
         for o, v in zip(self.offsets, self.pages):   # page by page: no temporaries the size of the whole matrix
             f = v.astype(np.float32)
@@ -491,14 +523,16 @@ class SmallCollection:
 # %% ../nbs/05b_retriever.ipynb #1821c265
 @patch
 def search(self:SmallCollection, q:np.ndarray, k:int,
-           n_candidates:int|None=None # rerank only this many pages, by centroids
+           n_candidates:int|None=None # past this many pages, rerank only some, by centroids (see below)
           )->list[tuple[float, dict]]:
-    "The best `k` pages by exact MaxSim over every vector (of the `n_candidates` best by centroids, when given)."
+    "The best `k` pages by exact MaxSim over every vector (of the best by centroids, past `n_candidates` pages)."
     if self.centroids is None or n_candidates is None or len(self.rows) <= n_candidates:
         best, scores = rerank(q, self.pages, k, self.dtype, self.matrix, self.norm or None)
         return [(float(s), dict(self.rows[j])) for j, s in zip(best, scores)]
-    pick = np.sort(rank(block_maxsim(q, self.centroids, self.pool, self.dtype), n_candidates))
-    rows = np.concatenate([self.matrix[self.offsets[j]:self.offsets[j] + len(self.pages[j])] for j in pick])
+    if self.centroid_scales is not None: cs = int8_block_maxsim(q, self.centroids, self.centroid_scales, self.pool)
+    else: cs = block_maxsim(q, self.centroids, self.pool, self.dtype)
+    pick = np.sort(rank(cs, max(k, min(n_candidates, max(FEWEST_CANDIDATES, len(self.rows) // 4)))))
+    rows = gather_rows(self.matrix, list(zip(self.offsets[pick], self.lens[pick])))
     best, scores = rerank(q, [self.pages[j] for j in pick], k, self.dtype, rows, self.norm or None)
     return [(float(s), dict(self.rows[pick[j]])) for j, s in zip(best, scores)]
 
@@ -520,12 +554,15 @@ def small(self:MilvusColbertRetriever)->SmallCollection|None:
         if not fits or not rows: self._small = False; return None
         def key(rs): return [(r['page_id'], r['n_vectors'], r['sha256'], r['offset']) for r in rs]
         if self._small is None or key(self._small.rows) != key(rows):
-            cents = {}
-            if self.files is not None:   # Lite: the centroid blocks, for a candidate stage in the matrix
-                bits, pool = self.files.centroids()[0], self.files.pool
-                slots = np.array([r['slot'] for r in rows], np.int64)
-                cents = {'centroids': bits[(slots[:, None] * pool + np.arange(pool)).ravel()], 'pool': pool}
-            self._small = SmallCollection(rows, self.read_vectors(rows, **read), self.cand_dtype, **cents)
+            files = {}
+            if self.files is not None:   # Lite: the centroid blocks, for a candidate stage in the matrix, and the bits
+                (bits, ids), pool = self.files.centroids(), self.files.pool
+                slots, coded = np.array([r['slot'] for r in rows], np.int64), self.files.centroid_codes(len(ids))
+                blocks = [(int(s) * pool, pool) for s in slots]
+                files = {'pool': pool, 'screen': self.files.screen([(r['offset'], r['n_vectors']) for r in rows])}
+                if coded is None: files['centroids'] = gather_rows(bits, blocks)
+                else: files.update(centroids=gather_rows(coded[0], blocks), centroid_scales=coded[1][slots])
+            self._small = SmallCollection(rows, self.read_vectors(rows, **read), self.cand_dtype, **files)
         else: self._small.rows = rows   # metadata may change alone
     return self._small or None
 
@@ -533,9 +570,10 @@ def small(self:MilvusColbertRetriever)->SmallCollection|None:
 @patch
 def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q, dim)
                page_ids:list|None=None, # only among these pages (None: all)
-               read:dict|None=None # the snapshot to read (None: `consistency()`)
+               read:dict|None=None, # the snapshot to read (None: `consistency()`)
+               by_files:bool=True # on Lite, take which blocks are current from the page files (False: the page rows)
               )->dict:
-    "Page rows of the pages worth scoring exactly: the best `n_candidates` by MaxSim on their centroids."
+    "Rows of the pages worth scoring exactly, the best `n_candidates` by centroid MaxSim (Lite: from its files)."
     q, n, read = as_matrix(query, self.dim, what='query vectors'), self.n_candidates, read or self.consistency()
     if self.files is None:   # centroids of a page still being written have no page row in the snapshot: left out
         expr = f"page_id in {[int(i) for i in page_ids]}" if page_ids is not None else ''
@@ -546,11 +584,21 @@ def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q
     ask, found = n, {}
     while True:
         blocks, pids = LocalCandidates(self.files, self.cand_dtype).search(q, ask, slots)
-        rows = self.page_rows(pids)
-        for b, p in zip(blocks.tolist(), pids.tolist()):
-            if p in rows and rows[p]['slot'] == b and len(found) < n: found.setdefault(p, rows[p])
+        for p, row in self._current_rows(blocks, pids, by_files).items():
+            if len(found) < n: found.setdefault(p, row)
         if len(found) >= n or len(blocks) < ask: return found
         ask *= 2   # blocks of replaced or deleted pages took places: look further
+
+@patch
+def _current_rows(self:MilvusColbertRetriever, blocks:np.ndarray, pids:np.ndarray, by_files:bool=True)->dict:
+    "Rows of the pages whose current version these blocks are: what the page files say of them, else page rows."
+    spans = self.files.spans(blocks) if by_files else None
+    if spans is None:   # files of an older version, or not trusted: the page rows tell
+        rows = self.page_rows(pids)
+        return {p: rows[p] for b, p in zip(blocks.tolist(), pids.tolist()) if p in rows and rows[p]['slot'] == b}
+    now = self.files.current(blocks, pids)
+    return {p: {'page_id': p, 'slot': b, 'offset': int(s['offset']), 'n_vectors': int(s['n_vectors']),
+                'norm': float(s['norm'])} for b, p, s, ok in zip(blocks.tolist(), pids.tolist(), spans, now) if ok}
 
 # %% ../nbs/05b_retriever.ipynb #6c03047e
 @patch
@@ -584,6 +632,27 @@ def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
     best = {have[j] for j in rank(sketch_maxsim(q, [sk[p] for p in have], self.cand_dtype), keep)}
     return {p: r for p, r in rows.items() if p in best or p in cached or p not in sk}
 
+# %% ../nbs/05b_retriever.ipynb #01f5fc00
+@patch
+def _chosen(self:MilvusColbertRetriever, q:np.ndarray, k:int, page_ids:list|None, read:dict, by_files:bool=True)->dict:
+    "Rows of the pages to rerank: all of `page_ids` when few, else the candidates (of `page_ids`) left by `screen`."
+    if page_ids is not None:
+        ids = list(dict.fromkeys(int(i) for i in page_ids))
+        if len(ids) <= self.n_candidates or len(ids) * 1030 <= self.exhaustive_rows: return self.page_rows(ids, **read)
+    return self.screen(q, self.candidates(q, page_ids, read, by_files), k, read)
+
+@patch
+def _rerank(self:MilvusColbertRetriever, q:np.ndarray, rows:dict, k:int, read:dict)->list[tuple[float, dict]]:
+    "The best `k` of the pages of `rows` by exact MaxSim: [(score, row), ...], best first."
+    vectors = self.read_vectors(list(rows.values()), skip_missing=True, **read)   # one snapshot for the whole search
+    rows = [r for r in rows.values() if int(r['page_id']) in vectors]   # a page deleted meanwhile is left out
+    if not rows: return []
+    pages = [vectors[int(r['page_id'])] for r in rows]
+    lite = self.files is not None and self.cand_dtype == 'bfloat16'
+    bits = self.files.screen([(r['offset'], r['n_vectors']) for r in rows]) if lite else None
+    best, scores = rerank(q, pages, k, self.cand_dtype, bits, norm=self.max_norm(rows, pages))   # bits: not converted
+    return [(float(s), rows[j]) for j, s in zip(best, scores)]
+
 # %% ../nbs/05b_retriever.ipynb #3f48810f
 @patch
 def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
@@ -596,22 +665,20 @@ def search_pages(self:MilvusColbertRetriever, query, # query vectors (q, dim)
     q = as_matrix(query, self.dim, what='query vectors')
     if page_ids is None and (s := self.small()) is not None: return s.search(q, k, self.n_candidates)
     read = self.consistency()
-    if page_ids is not None:
-        ids = list(dict.fromkeys(int(i) for i in page_ids))
-        few = len(ids) <= self.n_candidates or len(ids) * 1030 <= self.exhaustive_rows
-        rows = self.page_rows(ids, **read) if few else self.screen(q, self.candidates(q, ids, read), k, read)
-    else: rows = self.screen(q, self.candidates(q, read=read), k, read)
-    if not rows: return []
-    vectors = self.read_vectors(list(rows.values()), skip_missing=True, **read)   # one snapshot for the whole search
-    rows = [r for r in rows.values() if int(r['page_id']) in vectors]   # a page deleted meanwhile is left out
-    pages = [vectors[int(r['page_id'])] for r in rows]
-    best, scores = rerank(q, pages, k, self.cand_dtype, norm=self.max_norm(rows, pages))
-    return [(float(s), dict(rows[j])) for j, s in zip(best, scores)]
+    found = self._rerank(q, self._chosen(q, k, page_ids, read), k, read)
+    if found and 'source' not in found[0][1]:   # Lite's files told where the vectors are: read the page rows now
+        full = self.page_rows([r['page_id'] for _, r in found], **read)
+        if all(full.get(r['page_id'], {}).get('slot') == r['slot'] for _, r in found):
+            return [(s, full[r['page_id']]) for s, r in found]
+        # the files are ahead of a page row (a write cut short): the page rows tell which versions are stored
+        found = self._rerank(q, self._chosen(q, k, page_ids, read, by_files=False), k, read)
+    return [(s, dict(r)) for s, r in found]
 
 # %% ../nbs/05b_retriever.ipynb #189559a1
 @patch
 def max_norm(self:MilvusColbertRetriever, rows:list, pages:list)->float:
     "The largest vector norm in `pages`, from each page's own, remembered by page version (`maxsim.max_norms`)."
+    if all('norm' in r for r in rows): return max((r['norm'] for r in rows), default=0.) or None   # Lite's files
     keys = [(int(r['page_id']), r['n_vectors'], r.get('sha256'), r.get('offset')) for r in rows]
     new = [(key, p) for key, p in zip(keys, pages) if key not in self.norms]
     if len(self.norms) + len(new) > 1_000_000: self.norms.clear()   # a bound on what is remembered (~100 MB)

@@ -17,10 +17,11 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from .core import ColPaliMilvusError, DatabaseLockedError, MilvusUnavailableError
+from .maxsim import bf16_bits, gather_rows, int8_rows, max_norms
 
 # %% auto #0
 __all__ = ['DATA_CALLS', 'PAGE_FIELDS', 'META_FIELDS', 'USER_FIELDS', 'MAX_PAGE_ID', 'VECTORS_SUFFIX', 'CENTROIDS_SUFFIX',
-           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'SKETCH_CHUNK', 'BLOB_BATCH', 'MAX_IDS', 'is_local_uri',
+           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'SKETCH_CHUNK', 'BLOB_BATCH', 'MAX_IDS', 'SPAN', 'is_local_uri',
            'lite_servers', 'lite_data_dir', 'lite_locked', 'open_client', 'close_client', 'is_unavailable',
            'DeadlineClient', 'pages_schema', 'page_row', 'check_page_id', 'sources_expr', 'metadata_expr', 'blob_pk',
            'n_chunks', 'to_blob', 'from_blob', 'to_sketch', 'from_sketch', 'vectors_schema', 'blob_rows', 'PageFiles',
@@ -258,17 +259,23 @@ def blob_rows(page_id:int, v:np.ndarray)->list[dict]:
             for i, d in data.items()]
 
 # %% ../nbs/05_store.ipynb #9ae24e38
+SPAN = np.dtype([('offset', '<i8'), ('n_vectors', '<i8'), ('norm', '<f8')])   # where a slot's vectors are
+
 class PageFiles:
-    "Append-only, memory-mapped files of page vectors (float16) and centroid blocks (bfloat16 bits) in `folder`."
+    "Append-only, memory-mapped files of page vectors (float16, bfloat16 bits) and centroid blocks in `folder`."
     def __init__(self, folder, # where the files are (created when missing)
                  dim:int, # vector dimension
                  pool:int # centroid rows per block
                 ):
         self.folder, self.dim, self.pool = Path(folder), int(dim), int(pool)
-        self.paths = {k: self.folder/f for k, f in (('vectors', 'vectors.f16'), ('centroids', 'centroids.bf16'),
-                                                    ('slots', 'slots.i64'))}
-        self.row = {'vectors': 2 * self.dim, 'centroids': 2 * self.dim * self.pool, 'slots': 8}   # bytes per unit
-        self._maps = {}
+        self.paths = {k: self.folder/f for k, f in (
+            ('vectors', 'vectors.f16'), ('screen', 'vectors.bf16'), ('centroids', 'centroids.bf16'),
+            ('codes', 'centroids.i8'), ('scales', 'centroids.scale.f32'), ('slots', 'slots.i64'),
+            ('spans', 'slots.spans'), ('commits', 'commits.i64'), ('deleted', 'deleted.i64'))}
+        self.row = {'vectors': 2 * self.dim, 'screen': 2 * self.dim, 'centroids': 2 * self.dim * self.pool,
+                    'codes': self.dim * self.pool, 'scales': 4, 'slots': 8, 'spans': SPAN.itemsize,
+                    'commits': 16, 'deleted': 16}   # bytes per unit
+        self._maps, self._latest, self._dead = {}, {}, {}   # the maps; page id -> its last committed slot, its deletion
 
     def _units(self, kind:str)->int:
         "Whole units (vector rows, centroid blocks, slot ids) in a file, torn tail included."
@@ -285,26 +292,40 @@ def append(self:PageFiles, vectors:list, # each page's vectors (n_i, dim)
     self.folder.mkdir(parents=True, exist_ok=True)
     offset = self._units('vectors')
     slot = max(self._units('centroids'), self._units('slots'))
-    out = []
-    with open(self.paths['vectors'], 'ab') as fv, open(self.paths['centroids'], 'ab') as fc, \
-         open(self.paths['slots'], 'ab') as fs:
-        fv.truncate(offset * self.row['vectors']); fv.seek(0, 2)   # a torn tail is padded to whole rows
-        for f, kind in ((fc, 'centroids'), (fs, 'slots')): f.truncate(slot * self.row[kind]); f.seek(0, 2)
+    new = {k for k in ('screen', 'codes', 'spans') if self.paths[k].exists() or not offset}   # old versions lacked
+    rows = ['vectors'] + ['screen'] * ('screen' in new)
+    per_block = ['centroids', 'slots'] + ['codes', 'scales'] * ('codes' in new) + ['spans'] * ('spans' in new)
+    files = {k: open(self.paths[k], 'ab') for k in rows + per_block}
+    try:
+        for k, f in files.items():   # a torn tail is cut or padded to whole units
+            f.truncate((offset if k in rows else slot) * self.row[k]); f.seek(0, 2)
+        out = []
         for v, b, pid in zip(vectors, blocks, page_ids):
-            fv.write(np.ascontiguousarray(v, np.float16).tobytes())
-            fc.write(np.ascontiguousarray(b, np.uint16).tobytes())
-            fs.write(np.int64(pid).tobytes())
+            v = np.ascontiguousarray(v, np.float16)   # what is stored, and what the scores are exact over
+            files['vectors'].write(v.tobytes())
+            if 'screen' in files: files['screen'].write(bf16_bits(v).tobytes())
+            files['centroids'].write(np.ascontiguousarray(b, np.uint16).tobytes())
+            if 'codes' in files:   # the same block as int8 codes and a scale, for the candidate stage
+                codes, scale = int8_rows((np.ascontiguousarray(b, np.uint16).astype(np.uint32) << 16).view(np.float32))
+                files['codes'].write(codes.tobytes()); files['scales'].write(scale.tobytes())
+            files['slots'].write(np.int64(pid).tobytes())
+            if 'spans' in files:
+                files['spans'].write(np.array((offset, len(v), max_norms([v])[0]), SPAN).tobytes())
             out.append((offset, slot)); offset += len(v); slot += 1
-        for f in (fv, fc, fs): f.flush(); os.fsync(f.fileno())
+        for f in files.values(): f.flush(); os.fsync(f.fileno())
+    finally:
+        for f in files.values(): f.close()
     return out
 
 # %% ../nbs/05_store.ipynb #a3dd0444
 @patch
-def _map(self:PageFiles, kind:str, dtype, width:int)->np.ndarray:
+def _map(self:PageFiles, kind:str, dtype, width:int,
+         need:int|None=None # units the caller needs: a map holding them is not checked against the file again
+        )->np.ndarray:
     "The file's whole units as a read-only memory map (units, width), mapped again when the file has grown."
-    p = self.paths[kind]
+    p, m = self.paths[kind], self._maps.get(kind)
+    if need is not None and m is not None and len(m) >= need: return m
     whole = (p.stat().st_size if p.exists() else 0) // (np.dtype(dtype).itemsize * width)
-    m = self._maps.get(kind)
     if m is None or len(m) < whole:
         m = np.memmap(p, dtype, 'r', shape=(whole, width)) if whole else np.zeros((0, width), dtype)
         self._maps[kind] = m
@@ -314,11 +335,20 @@ def _map(self:PageFiles, kind:str, dtype, width:int)->np.ndarray:
 @patch
 def vectors(self:PageFiles, offset:int, n:int)->np.ndarray:
     "A page's vectors (n, dim) as float16, read from the memory map."
-    m = self._map('vectors', np.float16, self.dim)
+    m = self._map('vectors', np.float16, self.dim, offset + n)
     if offset < 0 or offset + n > len(m):
         raise RuntimeError(f"page vectors at rows {offset}..{offset + n} are missing from {self.paths['vectors']} "
                            "(the page files do not belong to this database?); re-add the page.")
     return m[offset:offset + n]
+
+
+@patch
+def screen(self:PageFiles, spans:list # each page's (offset, n_vectors)
+          )->np.ndarray|None:
+    "The pages' rows as bfloat16 bits, stacked (None where the files predate them)."
+    m = self._map('screen', np.uint16, self.dim, max((o + n for o, n in spans), default=0))
+    if any(o + n > len(m) for o, n in spans): return None
+    return gather_rows(m, spans)
 
 
 @patch
@@ -328,6 +358,15 @@ def centroids(self:PageFiles)->tuple[np.ndarray, np.ndarray]:
     cent = self._map('centroids', np.uint16, self.dim)
     n = min(len(ids), len(cent) // self.pool)
     return cent[:n * self.pool], ids[:n]
+
+
+@patch
+def centroid_codes(self:PageFiles, n:int # blocks wanted: the first n
+                  )->tuple[np.ndarray, np.ndarray]|None:
+    "The first `n` centroid blocks as int8 codes (n * pool, dim) and their scales (None where the files predate them)."
+    codes, scales = self._map('codes', np.int8, self.dim, n * self.pool), self._map('scales', np.float32, 1, n)[:, 0]
+    if len(codes) < n * self.pool or len(scales) < n: return None
+    return codes[:n * self.pool], scales[:n]
 
 # %% ../nbs/05_store.ipynb #a3d945f2
 @patch
@@ -339,10 +378,63 @@ def nbytes(self:PageFiles)->int:
 @patch
 def remove(self:PageFiles):
     "Delete the files and their folder."
-    self._maps.clear()
+    self._maps.clear(); self._latest.clear(); self._dead.clear()
     for p in self.paths.values(): p.unlink(missing_ok=True)
     try: self.folder.rmdir()
     except OSError: pass
+
+# %% ../nbs/05_store.ipynb #2d13c38e
+@patch
+def spans(self:PageFiles, slots # blocks wanted
+         )->np.ndarray|None:
+    "Where each slot's vectors are (offset, n_vectors) and their largest norm (None where the files predate them)."
+    slots = np.asarray(slots, np.int64)
+    m = self._map('spans', SPAN, 1, int(slots.max()) + 1 if len(slots) else 0)[:, 0]
+    return None if len(slots) and slots.max() >= len(m) else m[slots]
+
+
+@patch
+def _record(self:PageFiles, kind:str, pairs:list):
+    "Append pairs of int64 to the file of `kind` (a torn tail is padded first) and flush them."
+    with open(self.paths[kind], 'ab') as f:
+        f.truncate(self._units(kind) * self.row[kind]); f.seek(0, 2)
+        f.write(np.array(pairs, np.int64).reshape(-1, 2).tobytes()); f.flush(); os.fsync(f.fileno())
+
+@patch
+def commit(self:PageFiles, first:int, end:int # slots first..end-1, whose page rows are now written
+          ):
+    "Record that an append's pages are stored (their page rows written): searches may take them from the files."
+    self._record('commits', [(first, end)])
+
+@patch
+def uncommitted(self:PageFiles)->np.ndarray:
+    "Slots that no commit covers (writes cut short), in a layout that commits; none in older files."
+    if not self.paths['spans'].exists(): return np.zeros(0, np.int64)
+    done = np.zeros(len(self._map('slots', np.int64, 1)), bool)
+    for a, b in self._map('commits', np.int64, 2).tolist(): done[a:b] = True
+    return np.flatnonzero(~done)
+
+@patch
+def mark_deleted(self:PageFiles, page_ids:list # pages just deleted
+                ):
+    "Record that pages are deleted: the blocks written for them so far are no longer theirs."
+    slot = max(self._units('centroids'), self._units('slots'))
+    self._record('deleted', [(int(p), slot) for p in page_ids])
+
+@patch
+def current(self:PageFiles, blocks:np.ndarray, # block numbers (slots)
+            page_ids:np.ndarray # the page of each
+           )->np.ndarray:
+    "Which blocks hold their page's last committed version and were not deleted since: bool per block."
+    slots = self._map('slots', np.int64, 1)[:, 0]
+    for kind, last in (('commits', self._latest), ('deleted', self._dead)):   # what was recorded since last time
+        m, seen = self._map(kind, np.int64, 2), last.pop(None, 0)
+        for a, b in m[seen:].tolist():
+            if kind == 'commits': last.update(zip(slots[a:b].tolist(), range(a, b)))
+            else: last[a] = max(b, last.get(a, 0))
+        last[None] = len(m)
+    return np.array([self._latest.get(p) == b and self._dead.get(p, 0) <= b
+                     for b, p in zip(np.asarray(blocks).tolist(), np.asarray(page_ids).tolist())], bool)
 
 # %% ../nbs/05_store.ipynb #531ba9ff
 def index_params(client, field:str, index_type:str='FLAT', metric_type:str='IP', params:dict|None=None):

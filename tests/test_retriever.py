@@ -295,3 +295,60 @@ def test_a_small_collection_past_n_candidates_reranks_the_same_candidates_as_the
         assert [r["page_id"] for _, r in a] == [r["page_id"] for _, r in b]
         np.testing.assert_allclose([s for s, _ in a], [s for s, _ in b], rtol=1e-6)
     assert small.search_pages(ds[41][:5], 1)[0][1]["page_id"] == 41
+
+
+def test_files_of_an_older_version_still_search_exactly(tmp_path, pages):
+    """Page files written before the bfloat16 rows, int8 centroid codes and spans existed: searches convert what they
+    need and read page rows, with the same results; later writes keep the files in their old layout."""
+    ds, qs = pages
+    client = open_client(str(tmp_path / "m.db"))
+    new = [MilvusColbertRetriever(client, "c", n_candidates=3, exhaustive_rows=x) for x in (0, 300_000)]
+    new[0].create_collection()
+    new[0].add_pages(list(range(len(ds))), ds)
+    want = [[(row["page_id"], s) for s, row in r.search_pages(q, 5)] for r in new for q in qs]
+    for k in ("screen", "codes", "scales", "spans"): new[0].files.paths[k].unlink()
+    old = [MilvusColbertRetriever(client, "c", n_candidates=3, exhaustive_rows=x) for x in (0, 300_000)]
+    assert old[0].files.spans([0]) is None and old[1].small().matrix.dtype == np.uint16
+    got = [[(row["page_id"], s) for s, row in r.search_pages(q, 5)] for r in old for q in qs]
+    assert [[p for p, _ in g] for g in got] == [[p for p, _ in w] for w in want]
+    np.testing.assert_allclose([s for g in got for _, s in g], [s for w in want for _, s in w], rtol=1e-6)
+    old[0].add_pages([4], [ds[7]]); old[0].delete_pages([7])   # page 4 now shows page 7's content; 7 is gone
+    for r in (old[0], MilvusColbertRetriever(client, "c", n_candidates=3)):   # a new reader: no stale small matrix
+        (score, row), *rest = r.search_pages(qs[1], 10)
+        assert row["page_id"] == 4 and 7 not in {x["page_id"] for _, x in rest}
+        np.testing.assert_allclose(score, brute(qs[1], [ds[7]])[0], rtol=1e-3)
+    assert not any(old[0].files.paths[k].exists() for k in ("screen", "codes", "scales", "spans"))
+
+
+def test_a_page_deleted_through_another_retriever_is_not_returned(tmp_path, pages):
+    "The page files record deletions: a second retriever on the same database never returns a page the first deleted."
+    ds, qs = pages
+    r = candidate_stage_on(tmp_path, ds)
+    other = MilvusColbertRetriever(r.client, "c", n_candidates=2, exhaustive_rows=0)
+    assert other.search_pages(qs[0], 1)[0][1]["page_id"] == 4
+    r.delete_pages([4])
+    assert 4 not in {row["page_id"] for _, row in other.search_pages(qs[0], 10)}
+    r.add_pages([4], [ds[4]])   # stored again: found again
+    assert other.search_pages(qs[0], 1)[0][1]["page_id"] == 4
+
+
+def test_page_files_ahead_of_the_page_rows_are_not_trusted(tmp_path, pages):
+    """Writes cut short: page files ahead of the page rows are ignored (searches return the version the page rows
+    name, with its exact score); page rows ahead of the files' commit are committed when the collection is opened."""
+    from colpali_milvus.candidates import centroid_block, page_centroids
+    from colpali_milvus.maxsim import bf16_bits
+    from colpali_milvus.store import page_row
+    ds, qs = pages
+    r = candidate_stage_on(tmp_path, ds)
+    block = bf16_bits(centroid_block(page_centroids(ds[0], r.pool), r.pool))
+    r.files.append([ds[0]], [block], [4])   # page 4's new version in the files, but no page row for it
+    (score, row), *_ = r.search_pages(qs[0], 1)
+    assert row["page_id"] == 4 and row["slot"] == 4
+    np.testing.assert_allclose(score, brute(qs[0], [ds[4]])[0], rtol=1e-3)
+    (offset, slot), = r.files.append([ds[0]], [block], [4])   # cut short the other way: the page row, not the commit
+    r.db.upsert("c", [page_row(4, ds[0].mean(0), len(ds[0]), r.pool, {}, offset, slot)])
+    r = MilvusColbertRetriever(r.client, "c", n_candidates=2, exhaustive_rows=0)   # opening commits what is stored
+    assert r.files.uncommitted().tolist() == [10]   # the first write cut short stays out
+    found = r.search_pages(ds[0][:20], 2)
+    assert {row["page_id"] for _, row in found} == {0, 4} and found[0][1]["slot"] in (0, slot)
+    np.testing.assert_allclose([s for s, _ in found], brute(ds[0][:20], [ds[0]])[0], rtol=1e-3)
