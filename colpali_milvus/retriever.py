@@ -18,8 +18,6 @@ from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_
 from colpali_milvus.maxsim import (
     as_matrix,
     bf16_bits,
-    bf16_norm,
-    bf16_tensor,
     block_maxsim,
     gather_rows,
     int8_block_maxsim,
@@ -500,17 +498,13 @@ class SmallCollection:
     def __init__(self, rows:list, vectors:dict, dtype:str,
                  centroids:np.ndarray|None=None, # the pages' centroid blocks in the order of `rows`: bfloat16 bits,
                  pool:int=0, # rows per centroid block
-                 centroid_scales:np.ndarray|None=None, # or int8 codes with these scales, one per block
-                 screen:np.ndarray|None=None # the pages' rows as bfloat16 bits, stacked (Lite's page files hold them)
+                 centroid_scales:np.ndarray|None=None # or int8 codes with these scales, one per block
                 ):
         self.rows, self.dtype, self.centroids, self.pool = rows, dtype, centroids, pool
         self.centroid_scales = centroid_scales
         self.lens = np.array([r['n_vectors'] for r in rows], np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lens)[:-1]]).astype(np.int64)
         self.pages = [vectors[int(r['page_id'])] for r in rows]   # float16 (views of the page files on Lite)
-        if dtype == 'bfloat16' and screen is not None:
-            self.matrix, self.norm = screen, bf16_norm(bf16_tensor(screen))
-            return
         dim = self.pages[0].shape[1] if rows else 0
         self.matrix = np.empty((int(self.lens.sum()), dim), np.uint16 if dtype == 'bfloat16' else np.float32)
         sq = 0.
@@ -555,11 +549,11 @@ def small(self:MilvusColbertRetriever)->SmallCollection|None:
         def key(rs): return [(r['page_id'], r['n_vectors'], r['sha256'], r['offset']) for r in rs]
         if self._small is None or key(self._small.rows) != key(rows):
             files = {}
-            if self.files is not None:   # Lite: the centroid blocks, for a candidate stage in the matrix, and the bits
+            if self.files is not None:   # Lite: the centroid blocks, for a candidate stage in the matrix
                 (bits, ids), pool = self.files.centroids(), self.files.pool
                 slots, coded = np.array([r['slot'] for r in rows], np.int64), self.files.centroid_codes(len(ids))
                 blocks = [(int(s) * pool, pool) for s in slots]
-                files = {'pool': pool, 'screen': self.files.screen([(r['offset'], r['n_vectors']) for r in rows])}
+                files = {'pool': pool}
                 if coded is None: files['centroids'] = gather_rows(bits, blocks)
                 else: files.update(centroids=gather_rows(coded[0], blocks), centroid_scales=coded[1][slots])
             self._small = SmallCollection(rows, self.read_vectors(rows, **read), self.cand_dtype, **files)
@@ -648,9 +642,7 @@ def _rerank(self:MilvusColbertRetriever, q:np.ndarray, rows:dict, k:int, read:di
     rows = [r for r in rows.values() if int(r['page_id']) in vectors]   # a page deleted meanwhile is left out
     if not rows: return []
     pages = [vectors[int(r['page_id'])] for r in rows]
-    lite = self.files is not None and self.cand_dtype == 'bfloat16'
-    bits = self.files.screen([(r['offset'], r['n_vectors']) for r in rows]) if lite else None
-    best, scores = rerank(q, pages, k, self.cand_dtype, bits, norm=self.max_norm(rows, pages))   # bits: not converted
+    best, scores = rerank(q, pages, k, self.cand_dtype, norm=self.max_norm(rows, pages))
     return [(float(s), rows[j]) for j, s in zip(best, scores)]
 
 # %% ../nbs/05b_retriever.ipynb #3f48810f

@@ -17,7 +17,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from .core import ColPaliMilvusError, DatabaseLockedError, MilvusUnavailableError
-from .maxsim import bf16_bits, gather_rows, int8_rows, max_norms
+from .maxsim import int8_rows, max_norms
 
 # %% auto #0
 __all__ = ['DATA_CALLS', 'PAGE_FIELDS', 'META_FIELDS', 'USER_FIELDS', 'MAX_PAGE_ID', 'VECTORS_SUFFIX', 'CENTROIDS_SUFFIX',
@@ -262,17 +262,17 @@ def blob_rows(page_id:int, v:np.ndarray)->list[dict]:
 SPAN = np.dtype([('offset', '<i8'), ('n_vectors', '<i8'), ('norm', '<f8')])   # where a slot's vectors are
 
 class PageFiles:
-    "Append-only, memory-mapped files of page vectors (float16, bfloat16 bits) and centroid blocks in `folder`."
+    "Append-only, memory-mapped files of page vectors (float16) and centroid blocks in `folder`."
     def __init__(self, folder, # where the files are (created when missing)
                  dim:int, # vector dimension
                  pool:int # centroid rows per block
                 ):
         self.folder, self.dim, self.pool = Path(folder), int(dim), int(pool)
         self.paths = {k: self.folder/f for k, f in (
-            ('vectors', 'vectors.f16'), ('screen', 'vectors.bf16'), ('centroids', 'centroids.bf16'),
+            ('vectors', 'vectors.f16'), ('centroids', 'centroids.bf16'),
             ('codes', 'centroids.i8'), ('scales', 'centroids.scale.f32'), ('slots', 'slots.i64'),
             ('spans', 'slots.spans'), ('commits', 'commits.i64'), ('deleted', 'deleted.i64'))}
-        self.row = {'vectors': 2 * self.dim, 'screen': 2 * self.dim, 'centroids': 2 * self.dim * self.pool,
+        self.row = {'vectors': 2 * self.dim, 'centroids': 2 * self.dim * self.pool,
                     'codes': self.dim * self.pool, 'scales': 4, 'slots': 8, 'spans': SPAN.itemsize,
                     'commits': 16, 'deleted': 16}   # bytes per unit
         self._maps, self._latest, self._dead = {}, {}, {}   # the maps; page id -> its last committed slot, its deletion
@@ -292,8 +292,8 @@ def append(self:PageFiles, vectors:list, # each page's vectors (n_i, dim)
     self.folder.mkdir(parents=True, exist_ok=True)
     offset = self._units('vectors')
     slot = max(self._units('centroids'), self._units('slots'))
-    new = {k for k in ('screen', 'codes', 'spans') if self.paths[k].exists() or not offset}   # old versions lacked
-    rows = ['vectors'] + ['screen'] * ('screen' in new)
+    new = {k for k in ('codes', 'spans') if self.paths[k].exists() or not offset}   # what old versions lacked
+    rows = ['vectors']
     per_block = ['centroids', 'slots'] + ['codes', 'scales'] * ('codes' in new) + ['spans'] * ('spans' in new)
     files = {k: open(self.paths[k], 'ab') for k in rows + per_block}
     try:
@@ -303,7 +303,6 @@ def append(self:PageFiles, vectors:list, # each page's vectors (n_i, dim)
         for v, b, pid in zip(vectors, blocks, page_ids):
             v = np.ascontiguousarray(v, np.float16)   # what is stored, and what the scores are exact over
             files['vectors'].write(v.tobytes())
-            if 'screen' in files: files['screen'].write(bf16_bits(v).tobytes())
             files['centroids'].write(np.ascontiguousarray(b, np.uint16).tobytes())
             if 'codes' in files:   # the same block as int8 codes and a scale, for the candidate stage
                 codes, scale = int8_rows((np.ascontiguousarray(b, np.uint16).astype(np.uint32) << 16).view(np.float32))
@@ -340,15 +339,6 @@ def vectors(self:PageFiles, offset:int, n:int)->np.ndarray:
         raise RuntimeError(f"page vectors at rows {offset}..{offset + n} are missing from {self.paths['vectors']} "
                            "(the page files do not belong to this database?); re-add the page.")
     return m[offset:offset + n]
-
-
-@patch
-def screen(self:PageFiles, spans:list # each page's (offset, n_vectors)
-          )->np.ndarray|None:
-    "The pages' rows as bfloat16 bits, stacked (None where the files predate them)."
-    m = self._map('screen', np.uint16, self.dim, max((o + n for o, n in spans), default=0))
-    if any(o + n > len(m) for o, n in spans): return None
-    return gather_rows(m, spans)
 
 
 @patch

@@ -298,15 +298,15 @@ def test_a_small_collection_past_n_candidates_reranks_the_same_candidates_as_the
 
 
 def test_files_of_an_older_version_still_search_exactly(tmp_path, pages):
-    """Page files written before the bfloat16 rows, int8 centroid codes and spans existed: searches convert what they
-    need and read page rows, with the same results; later writes keep the files in their old layout."""
+    """Page files written before the int8 centroid codes and spans existed: searches use the bfloat16 blocks and
+    read page rows, with the same results; later writes keep the files in their old layout."""
     ds, qs = pages
     client = open_client(str(tmp_path / "m.db"))
     new = [MilvusColbertRetriever(client, "c", n_candidates=3, exhaustive_rows=x) for x in (0, 300_000)]
     new[0].create_collection()
     new[0].add_pages(list(range(len(ds))), ds)
     want = [[(row["page_id"], s) for s, row in r.search_pages(q, 5)] for r in new for q in qs]
-    for k in ("screen", "codes", "scales", "spans"): new[0].files.paths[k].unlink()
+    for k in ("codes", "scales", "spans"): new[0].files.paths[k].unlink()
     old = [MilvusColbertRetriever(client, "c", n_candidates=3, exhaustive_rows=x) for x in (0, 300_000)]
     assert old[0].files.spans([0]) is None and old[1].small().matrix.dtype == np.uint16
     got = [[(row["page_id"], s) for s, row in r.search_pages(q, 5)] for r in old for q in qs]
@@ -317,7 +317,7 @@ def test_files_of_an_older_version_still_search_exactly(tmp_path, pages):
         (score, row), *rest = r.search_pages(qs[1], 10)
         assert row["page_id"] == 4 and 7 not in {x["page_id"] for _, x in rest}
         np.testing.assert_allclose(score, brute(qs[1], [ds[7]])[0], rtol=1e-3)
-    assert not any(old[0].files.paths[k].exists() for k in ("screen", "codes", "scales", "spans"))
+    assert not any(old[0].files.paths[k].exists() for k in ("codes", "scales", "spans"))
 
 
 def test_a_page_deleted_through_another_retriever_is_not_returned(tmp_path, pages):
