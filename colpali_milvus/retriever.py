@@ -74,7 +74,7 @@ class MilvusColbertRetriever:
                  # name of the pages collection; servers add `<name>__vectors` and `<name>__centroids`
                  collection_name:str,
                  dim:int=128, # vector dimension (ColPali: 128); an existing collection's own dim wins
-                 n_candidates:int=100, # pages the candidate stage names per query (small collections: fewer)
+                 n_candidates:int=100, # pages the candidate stage names per query (at least k; fewer in small ones)
                  # on a server: of those, pages read in full and scored exactly, the best by their sign sketches
                  # (None: all of them)
                  n_rerank:int|None=32,
@@ -565,10 +565,11 @@ def small(self:MilvusColbertRetriever)->SmallCollection|None:
 def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q, dim)
                page_ids:list|None=None, # only among these pages (None: all)
                read:dict|None=None, # the snapshot to read (None: `consistency()`)
-               by_files:bool=True # on Lite, take which blocks are current from the page files (False: the page rows)
+               by_files:bool=True, # on Lite, take which blocks are current from the page files (False: the page rows)
+               n:int|None=None # pages wanted (None: `n_candidates`)
               )->dict:
-    "Rows of the pages worth scoring exactly, the best `n_candidates` by centroid MaxSim (Lite: from its files)."
-    q, n, read = as_matrix(query, self.dim, what='query vectors'), self.n_candidates, read or self.consistency()
+    "Rows of the pages worth scoring exactly, the best `n` by centroid MaxSim (Lite: from its files)."
+    q, n, read = as_matrix(query, self.dim, what='query vectors'), n or self.n_candidates, read or self.consistency()
     if self.files is None:   # centroids of a page still being written have no page row in the snapshot: left out
         expr = f"page_id in {[int(i) for i in page_ids]}" if page_ids is not None else ''
         pids = self.centroids.search(q, n, self.hits, filter=expr, **read)
@@ -633,7 +634,7 @@ def _chosen(self:MilvusColbertRetriever, q:np.ndarray, k:int, page_ids:list|None
     if page_ids is not None:
         ids = list(dict.fromkeys(int(i) for i in page_ids))
         if len(ids) <= self.n_candidates or len(ids) * 1030 <= self.exhaustive_rows: return self.page_rows(ids, **read)
-    return self.screen(q, self.candidates(q, page_ids, read, by_files), k, read)
+    return self.screen(q, self.candidates(q, page_ids, read, by_files, max(k, self.n_candidates)), k, read)
 
 @patch
 def _rerank(self:MilvusColbertRetriever, q:np.ndarray, rows:dict, k:int, read:dict)->list[tuple[float, dict]]:

@@ -202,7 +202,8 @@ def test_restricted_search_uses_only_allowed_pages(tmp_path, pages):
     np.testing.assert_allclose([s for s, _ in res], sorted(brute(qs[0], [ds[i] for i in few]), reverse=True), rtol=1e-3)
     many = [1, 2, 3, 4, 5, 6]
     res = r.search_pages(qs[0], k=10, page_ids=many + [999])   # unknown ids are ignored
-    assert len(res) == 2 and {row["page_id"] for _, row in res} <= set(many)
+    assert len(res) == len(many) and {row["page_id"] for _, row in res} == set(many)   # k > n_candidates: k asked
+    assert len(r.search_pages(qs[0], k=2, page_ids=many)) == 2
     assert res[0][1]["page_id"] == 4
     assert r.search_pages(qs[1], k=10, page_ids=[4, 5, 6, 8, 9]) and \
         7 not in {row["page_id"] for _, row in r.search_pages(qs[1], k=10, page_ids=[4, 5, 6, 8, 9])}
@@ -352,3 +353,13 @@ def test_page_files_ahead_of_the_page_rows_are_not_trusted(tmp_path, pages):
     found = r.search_pages(ds[0][:20], 2)
     assert {row["page_id"] for _, row in found} == {0, 4} and found[0][1]["slot"] in (0, slot)
     np.testing.assert_allclose([s for s, _ in found], brute(ds[0][:20], [ds[0]])[0], rtol=1e-3)
+
+
+def test_more_pages_than_n_candidates_can_be_asked_for(tmp_path, pages):
+    "A search for k > n_candidates pages through the candidate stage returns k pages, best first by exact score."
+    ds, qs = pages
+    r = candidate_stage_on(tmp_path, ds)   # n_candidates=2
+    got = r.search_pages(qs[1], k=6)
+    ids, scores = [row["page_id"] for _, row in got], [s for s, _ in got]
+    assert len(set(ids)) == 6 and ids[0] == 7 and scores == sorted(scores, reverse=True)
+    np.testing.assert_allclose(scores, brute(qs[1], [ds[i] for i in ids]), rtol=1e-3)
