@@ -420,8 +420,9 @@ def current(self:PageFiles, blocks:np.ndarray, # block numbers (slots)
     for kind, last in (('commits', self._latest), ('deleted', self._dead)):   # what was recorded since last time
         m, seen = self._map(kind, np.int64, 2), last.pop(None, 0)
         for a, b in m[seen:].tolist():
-            if kind == 'commits': last.update(zip(slots[a:b].tolist(), range(a, b)))
-            else: last[a] = max(b, last.get(a, 0))
+            if kind == 'deleted': last[a] = max(b, last.get(a, 0))
+            else:   # a page's newest committed slot (a commit recovered at open may come after newer ones)
+                for p, s in zip(slots[a:b].tolist(), range(a, b)): last[p] = max(s, last.get(p, -1))
         last[None] = len(m)
     return np.array([self._latest.get(p) == b and self._dead.get(p, 0) <= b
                      for b, p in zip(np.asarray(blocks).tolist(), np.asarray(page_ids).tolist())], bool)
