@@ -9,12 +9,12 @@ import numpy as np
 from fastcore.basics import patch
 from pymilvus import DataType
 
-from .maxsim import block_maxsim, gather_rows, int8_block_maxsim, rank
+from .maxsim import block_maxsim, int8_block_maxsim, rank
 from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
 # %% auto #0
-__all__ = ['CENTROID_INDEX', 'CENTROID_PARAMS', 'NPROBE', 'CENTROID_BATCH', 'page_centroids', 'centroid_block', 'LocalCandidates',
-           'centroid_pk', 'centroids_schema', 'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
+__all__ = ['CENTROID_INDEX', 'CENTROID_PARAMS', 'NPROBE', 'CENTROID_BATCH', 'page_centroids', 'centroid_block', 'block_scores',
+           'LocalCandidates', 'centroid_pk', 'centroids_schema', 'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
 
 # %% ../nbs/05a_candidates.ipynb #437a61d5
 def page_centroids(v:np.ndarray, # a page's vectors (n, dim), unit norm
@@ -42,6 +42,16 @@ def centroid_block(c:np.ndarray, # a page's centroids (m, dim), m <= pool
     return np.concatenate([c, np.repeat(c[:1], pool - len(c), 0)])
 
 # %% ../nbs/05a_candidates.ipynb #ce21f946
+def block_scores(q:np.ndarray, # query vectors (q, dim), float32
+                 blocks:np.ndarray, # centroid blocks stacked: int8 codes, or bfloat16 bits (see `PageFiles.blocks`)
+                 scales:np.ndarray|None, # each block's scale for int8 codes; None for bfloat16 bits
+                 pool:int, # rows per block
+                 dtype:str='bfloat16' # product dtype for bfloat16 bits ('float32' on CPUs without native bfloat16)
+                )->np.ndarray:
+    "Centroid MaxSim of each block, to rank pages: from int8 codes, or from bfloat16 bits (files of older versions)."
+    if scales is not None: return int8_block_maxsim(q, blocks, scales, pool)
+    return block_maxsim(q, blocks, pool, dtype)
+
 class LocalCandidates:
     "The candidate stage in this process, over the centroid blocks of `store.PageFiles`."
     def __init__(self, files, # a `store.PageFiles`
@@ -52,15 +62,8 @@ class LocalCandidates:
     def scores(self, q:np.ndarray, # query vectors (q, dim), float32
                slots:np.ndarray|None=None # only these blocks (None: all)
               )->np.ndarray:
-        "Centroid MaxSim of each block (of `slots`): from int8 codes, or bfloat16 bits where the files predate them."
-        bits, ids = self.files.centroids()
-        pool, coded = self.files.pool, self.files.centroid_codes(len(ids))
-        spans = None if slots is None else [(int(s) * pool, pool) for s in slots]
-        if coded is not None:
-            codes, scales = coded
-            if spans is None: return int8_block_maxsim(q, codes, scales, pool)
-            return int8_block_maxsim(q, gather_rows(codes, spans), scales[np.asarray(slots, np.int64)], pool)
-        return block_maxsim(q, bits if spans is None else gather_rows(bits, spans), pool, self.dtype)
+        "Centroid MaxSim of each block (of `slots`)."
+        return block_scores(q, *self.files.blocks(slots), self.files.pool, self.dtype)
 
     def search(self, q:np.ndarray, # query vectors (q, dim), float32
                n:int, # blocks wanted

@@ -211,35 +211,32 @@ def stacked_exact(tq, # query vectors, a float32 torch tensor (q, dim)
 def page_rows_view(prod, # a query's product with the rows of pages, (q, rows), a torch tensor
                    lens:list # rows per page
                   ):
-    "The product as (q, pages, most rows per page); rows past a page's end hold the lowest value (-inf)."
+    "The product as (q, pages, most rows per page); rows past a page's end are -inf."
     import torch
     n, most = len(lens), max(lens)
     if min(lens) == most: return prod.view(len(prod), n, most)   # ColPali pages: no copy
     at = torch.cat([torch.arange(size) + j * most for j, size in enumerate(lens)])
-    low = -torch.inf if prod.is_floating_point() else torch.iinfo(prod.dtype).min
-    v = torch.full((len(prod), n * most), low, dtype=prod.dtype)
+    v = torch.full((len(prod), n * most), -torch.inf, dtype=prod.dtype)
     v[:, at] = prod
     return v.view(len(prod), n, most)
 
 # %% ../nbs/04_maxsim.ipynb #fa7683ce
-def refine(v, # the screened product, (q, pages, rows) as `page_rows_view` gives it: bfloat16, or int32 steps
+def refine(v, # the screened product, (q, pages, rows) as `page_rows_view` gives it, bfloat16
            top, # its maximum per query vector and page, v.amax(2)
            tq, # query vectors, a float32 torch tensor (q, dim)
            pages:list, # page arrays (n_i, dim), float16 or float32
            sel:np.ndarray, # the pages to score
-           slack # per query vector and page, (q, pages): twice the bound on |screened - exact|, in `v`'s units
+           slack # per query vector: twice the bound on |screened - exact|, a torch tensor (q,)
           )->tuple[np.ndarray, int]:
     "Exact MaxSim of pages `sel`: a float32 dot only for rows within `slack` of a page's screened maximum."
     import torch
     at = torch.from_numpy(np.asarray(sel, np.int64))
-    if v.is_floating_point():   # the floor rounded down to bfloat16, so that the comparison stays in bfloat16
-        floor = top[:, at].float() - slack[:, at]
-        down = floor.bfloat16()
-        down = torch.where(down.float() > floor, torch.nextafter(down, torch.full_like(down, -torch.inf)), down)
-    else: down = top[:, at] - slack[:, at]   # integer steps: exact
+    floor = top[:, at].float() - slack[:, None]
+    down = floor.bfloat16()   # the floor rounded down to bfloat16, so that the comparison stays in bfloat16
+    down = torch.where(down.float() > floor, torch.nextafter(down, torch.full_like(down, -torch.inf)), down)
     few = 2 * len(sel) < v.shape[1]   # few pages: compare a copy of theirs; many: all, the others above reach
-    high = torch.inf if v.is_floating_point() else torch.iinfo(v.dtype).max
-    w, floors = (v[:, at], down) if few else (v, torch.full(top.shape, high, dtype=v.dtype).index_copy_(1, at, down))
+    if few: w, floors = v[:, at], down
+    else: w, floors = v, torch.full(top.shape, torch.inf, dtype=v.dtype).index_copy_(1, at, down)
     qi, pj, lj = (x.numpy() for x in torch.nonzero(w >= floors[:, :, None], as_tuple=True))
     if not few: pos = np.empty(v.shape[1], np.int64); pos[np.asarray(sel, np.int64)] = np.arange(len(sel)); pj = pos[pj]
     order = np.argsort(pj, kind='stable'); qi, pj, lj = qi[order], pj[order], lj[order]
@@ -282,10 +279,11 @@ def refined_maxsim(tq, # query vectors, a float32 torch tensor (q, dim)
     "Exact float32 MaxSim of each page from one bfloat16 product (-inf for pages proven not among the `k` best)."
     import torch
     v = page_rows_view(tq.bfloat16() @ b.T, [len(p) for p in pages])   # bfloat16 out: its rounding is in BF16_ERR
-    slack = (2 * BF16_ERR * norm * torch.linalg.vector_norm(tq, dim=1))[:, None].expand(-1, len(pages))
+    slack = 2 * BF16_ERR * norm * torch.linalg.vector_norm(tq, dim=1)
     top = v.amax(2)
-    approx = top.float().sum(0).numpy()   # each page's screened MaxSim, within slack.sum(0) / 2 of its exact
-    return score_best(approx, slack.sum(0).numpy() / 2, k, lambda sel: refine(v, top, tq, pages, sel, slack), stats)
+    approx = top.float().sum(0).numpy()   # each page's screened MaxSim, within slack.sum() / 2 of its exact
+    err = np.full(len(pages), float(slack.sum()) / 2)
+    return score_best(approx, err, k, lambda sel: refine(v, top, tq, pages, sel, slack), stats)
 
 # %% ../nbs/04_maxsim.ipynb #a1b2c3d4
 def rerank(q:np.ndarray, # query vectors (q, dim), float32

@@ -13,14 +13,12 @@ import numpy as np
 from fastcore.basics import patch
 from pymilvus import mkts_from_unixtime
 
-from .candidates import LocalCandidates, MilvusCandidates, centroid_block, page_centroids
+from .candidates import LocalCandidates, MilvusCandidates, block_scores, centroid_block, page_centroids
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
 from colpali_milvus.maxsim import (
     as_matrix,
     bf16_bits,
-    block_maxsim,
     gather_rows,
-    int8_block_maxsim,
     max_norms,
     rank,
     rerank,
@@ -496,9 +494,9 @@ FEWEST_CANDIDATES = 48   # a small collection reranks a quarter of its pages by 
 class SmallCollection:
     "Every vector of a small collection in one matrix: page rows, the matrix, each page's first row, the largest norm."
     def __init__(self, rows:list, vectors:dict, dtype:str,
-                 centroids:np.ndarray|None=None, # the pages' centroid blocks in the order of `rows`: bfloat16 bits,
+                 centroids:np.ndarray|None=None, # the pages' centroid blocks, in the order of `rows` (`blocks`)
                  pool:int=0, # rows per centroid block
-                 centroid_scales:np.ndarray|None=None # or int8 codes with these scales, one per block
+                 centroid_scales:np.ndarray|None=None # their scales if they are int8 codes (None: bfloat16 bits)
                 ):
         self.rows, self.dtype, self.centroids, self.pool = rows, dtype, centroids, pool
         self.centroid_scales = centroid_scales
@@ -523,8 +521,7 @@ def search(self:SmallCollection, q:np.ndarray, k:int,
     if self.centroids is None or n_candidates is None or len(self.rows) <= n_candidates:
         best, scores = rerank(q, self.pages, k, self.dtype, self.matrix, self.norm or None)
         return [(float(s), dict(self.rows[j])) for j, s in zip(best, scores)]
-    if self.centroid_scales is not None: cs = int8_block_maxsim(q, self.centroids, self.centroid_scales, self.pool)
-    else: cs = block_maxsim(q, self.centroids, self.pool, self.dtype)
+    cs = block_scores(q, self.centroids, self.centroid_scales, self.pool, self.dtype)
     pick = np.sort(rank(cs, max(k, min(n_candidates, max(FEWEST_CANDIDATES, len(self.rows) // 4)))))
     rows = gather_rows(self.matrix, list(zip(self.offsets[pick], self.lens[pick])))
     best, scores = rerank(q, [self.pages[j] for j in pick], k, self.dtype, rows, self.norm or None)
@@ -550,12 +547,8 @@ def small(self:MilvusColbertRetriever)->SmallCollection|None:
         if self._small is None or key(self._small.rows) != key(rows):
             files = {}
             if self.files is not None:   # Lite: the centroid blocks, for a candidate stage in the matrix
-                (bits, ids), pool = self.files.centroids(), self.files.pool
-                slots, coded = np.array([r['slot'] for r in rows], np.int64), self.files.centroid_codes(len(ids))
-                blocks = [(int(s) * pool, pool) for s in slots]
-                files = {'pool': pool}
-                if coded is None: files['centroids'] = gather_rows(bits, blocks)
-                else: files.update(centroids=gather_rows(coded[0], blocks), centroid_scales=coded[1][slots])
+                cents, scales = self.files.blocks([r['slot'] for r in rows])
+                files = {'centroids': cents, 'centroid_scales': scales, 'pool': self.files.pool}
             self._small = SmallCollection(rows, self.read_vectors(rows, **read), self.cand_dtype, **files)
         else: self._small.rows = rows   # metadata may change alone
     return self._small or None

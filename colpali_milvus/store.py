@@ -17,7 +17,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from .core import ColPaliMilvusError, DatabaseLockedError, MilvusUnavailableError
-from .maxsim import int8_rows, max_norms
+from .maxsim import gather_rows, int8_rows, max_norms
 
 # %% auto #0
 __all__ = ['DATA_CALLS', 'PAGE_FIELDS', 'META_FIELDS', 'USER_FIELDS', 'MAX_PAGE_ID', 'VECTORS_SUFFIX', 'CENTROIDS_SUFFIX',
@@ -276,6 +276,7 @@ class PageFiles:
                     'codes': self.dim * self.pool, 'scales': 4, 'slots': 8, 'spans': SPAN.itemsize,
                     'commits': 16, 'deleted': 16}   # bytes per unit
         self._maps, self._latest, self._dead = {}, {}, {}   # the maps; page id -> its last committed slot, its deletion
+        self._read = {'commits': 0, 'deleted': 0}   # records of each kind that `current` has read
 
     def _units(self, kind:str)->int:
         "Whole units (vector rows, centroid blocks, slot ids) in a file, torn tail included."
@@ -358,6 +359,18 @@ def centroid_codes(self:PageFiles, n:int # blocks wanted: the first n
     if len(codes) < n * self.pool or len(scales) < n: return None
     return codes[:n * self.pool], scales[:n]
 
+
+@patch
+def blocks(self:PageFiles, slots=None # block numbers (None: every block)
+          )->tuple[np.ndarray, np.ndarray|None]:
+    "Centroid blocks stacked: their int8 codes and scales, or bfloat16 bits and None where the files predate codes."
+    bits, ids = self.centroids()
+    coded = self.centroid_codes(len(ids))
+    if slots is None: return coded if coded is not None else (bits, None)
+    slots = np.asarray(slots, np.int64)
+    spans = [(int(s) * self.pool, self.pool) for s in slots]
+    return (gather_rows(bits, spans), None) if coded is None else (gather_rows(coded[0], spans), coded[1][slots])
+
 # %% ../nbs/05_store.ipynb #a3d945f2
 @patch
 def nbytes(self:PageFiles)->int:
@@ -368,7 +381,7 @@ def nbytes(self:PageFiles)->int:
 @patch
 def remove(self:PageFiles):
     "Delete the files and their folder."
-    self._maps.clear(); self._latest.clear(); self._dead.clear()
+    self._maps.clear(); self._latest.clear(); self._dead.clear(); self._read = dict.fromkeys(self._read, 0)
     for p in self.paths.values(): p.unlink(missing_ok=True)
     try: self.folder.rmdir()
     except OSError: pass
@@ -418,12 +431,12 @@ def current(self:PageFiles, blocks:np.ndarray, # block numbers (slots)
     "Which blocks hold their page's last committed version and were not deleted since: bool per block."
     slots = self._map('slots', np.int64, 1)[:, 0]
     for kind, last in (('commits', self._latest), ('deleted', self._dead)):   # what was recorded since last time
-        m, seen = self._map(kind, np.int64, 2), last.pop(None, 0)
-        for a, b in m[seen:].tolist():
+        m = self._map(kind, np.int64, 2)
+        for a, b in m[self._read[kind]:].tolist():
             if kind == 'deleted': last[a] = max(b, last.get(a, 0))
             else:   # a page's newest committed slot (a commit recovered at open may come after newer ones)
                 for p, s in zip(slots[a:b].tolist(), range(a, b)): last[p] = max(s, last.get(p, -1))
-        last[None] = len(m)
+        self._read[kind] = len(m)
     return np.array([self._latest.get(p) == b and self._dead.get(p, 0) <= b
                      for b, p in zip(np.asarray(blocks).tolist(), np.asarray(page_ids).tolist())], bool)
 
