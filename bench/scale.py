@@ -14,6 +14,7 @@ first answer and after the last. Results go to <out>/<backend>_<pages>.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -98,8 +99,12 @@ def build(a, uri:str, server_pid:int|None)->dict:
     for s in range(0, a.pages, 64):
         e = min(s + 64, a.pages)
         batch = c.pages(s, e)
-        meta = [dict(source=f'/corpus/doc{i // 10:05d}.pdf', page=i % 10 + 1, metadata={'topic': i % 50})
-                for i in range(s, e)]
+        # every field filled, as the indexing pipeline fills it: Milvus 2.3.5 with mmap cannot load a sealed segment
+        # whose VARCHAR column is empty in every row (a zero-length map: "failed to create file-backed map")
+        meta = [dict(source=f'/corpus/doc{i // 10:05d}.pdf', page=i % 10 + 1, metadata={'topic': i % 50},
+                     image_path=f'/corpus/doc{i // 10:05d}/page-{i % 10 + 1}.png',
+                     sha256=hashlib.sha256(v.astype(np.float16).tobytes()).hexdigest())
+                for i, v in zip(range(s, e), batch)]
         t = time.time(); r.add_pages(list(range(s, e)), batch, meta); t_add += time.time() - t
         exact[:, s:e] = exact_maxsim(Qt, batch)
         if s // 64 % 25 == 0:
@@ -182,6 +187,11 @@ BULK_BUILD = {   # server settings for one bulk build (Milvus maps env KEY_NAME 
     'ROCKSMQ_RETENTIONTIMEINMINUTES': '30',      # the embedded message log: 30 minutes, not 3 days
     'ROCKSMQ_RETENTIONSIZEINMB': '2048',         # and at most 2 GB, not 8
     'DATACOORD_GC_DROPTOLERANCE': '600',         # files of dropped segments deleted after 10 minutes, not 3 hours
+    # centroid segments seal at 1 GB (~2 million rows, ~20,000 pages), not 120 MB: the centroid search runs an HNSW
+    # search per segment, so a few large segments answer faster than many small ones (blob rows are sealed by the
+    # client's flushes, every `FLUSH_CHARS`, whatever this says)
+    'DATACOORD_SEGMENT_MAXSIZE': '4096',
+    'DATACOORD_SEGMENT_SEALPROPORTION': '0.25',
 }
 
 def start_backend(a)->tuple:
@@ -190,6 +200,7 @@ def start_backend(a)->tuple:
     from milvus_servers import start_milvus_standalone
     os.environ['QUERYNODE_MMAPDIRPATH'] = str(a.work/'mmap')   # raw field data memory-mapped, not loaded
     if a.bulk_build: os.environ.update(BULK_BUILD)
+    os.environ.update(a.server_env)
     srv = start_milvus_standalone(a.work/'server', timeout=180)   # a restart on kept data waits for old sessions
     return srv, srv.uri
 
@@ -215,6 +226,8 @@ def main():
     ap.add_argument('--reuse', type=Path, help='the work folder of a run made with --keep: query it again, no build')
     ap.add_argument('--uri', help='with --reuse: a server still running on that folder (started by --hold)')
     ap.add_argument('--bulk-build', action='store_true', help='start the server with BULK_BUILD settings')
+    ap.add_argument('--server-env', type=json.loads, default={},
+                    help='more server settings, as JSON (e.g. \'{"DATACOORD_SEGMENT_MAXSIZE": "1024"}\')')
     ap.add_argument('--kw', type=json.loads, default={},
                     help='retriever arguments for the queries, as JSON (e.g. \'{"hits": 256}\')')
     ap.add_argument('--hold', type=float, default=0,

@@ -51,8 +51,8 @@ from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from
 )
 
 # %% auto #0
-__all__ = ['FLUSH_CHARS', 'FETCH_THREADS', 'FEWEST_VECTORS', 'FEWEST_CANDIDATES', 'candidate_dtype', 'MilvusColbertRetriever',
-           'page_version', 'cache_hit', 'SmallCollection']
+__all__ = ['FLUSH_CHARS', 'LITE_POOL', 'SERVER_POOL', 'FETCH_THREADS', 'FEWEST_VECTORS', 'FEWEST_CANDIDATES', 'candidate_dtype',
+           'MilvusColbertRetriever', 'page_version', 'cache_hit', 'SmallCollection']
 
 # %% ../nbs/05b_retriever.ipynb #dc9fc4ec
 def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
@@ -65,6 +65,7 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
 
 # %% ../nbs/05b_retriever.ipynb #09d82706
 FLUSH_CHARS = 256 << 20   # blob characters a server client writes between flushes (~730 ColPali pages)
+LITE_POOL, SERVER_POOL = 128, 96   # centroids per page of new collections: a server searches each as a row
 
 class MilvusColbertRetriever:
     "Multi-vector page store on Milvus with exact MaxSim ranking (interface of the Milvus ColPali notebook)."
@@ -76,7 +77,9 @@ class MilvusColbertRetriever:
                  # on a server: of those, pages read in full and scored exactly, the best by their sign sketches
                  # (None: all of them)
                  n_rerank:int|None=32,
-                 pool:int=96, # centroids per page for the candidate stage (at most 128)
+                 # centroids per page for the candidate stage, at most 128 (None: `LITE_POOL` or `SERVER_POOL`);
+                 # page files on Lite keep the number they were written with
+                 pool:int|None=None,
                  hits:int=128, # on a server: centroids each query vector asks Milvus for
                  refresh_s:float=2.0, # on a server: writes by other clients are seen within this many seconds
                  timeout:float|None=60.0, # seconds a data call (get, search, upsert...) may take; None: no limit
@@ -90,11 +93,13 @@ class MilvusColbertRetriever:
         self.collection_name, self.dim = collection_name, dim
         self.client = milvus_client.client if isinstance(milvus_client, DeadlineClient) else milvus_client
         self.db = DeadlineClient(self.client, timeout)   # what data calls go through
-        self.n_candidates, self.pool, self.hits, self.exhaustive_rows = n_candidates, pool, hits, exhaustive_rows
+        self.n_candidates, self.hits, self.exhaustive_rows = n_candidates, hits, exhaustive_rows
         self.n_rerank = n_rerank
         self.refresh_s, self.memory_budget, self.shards = refresh_s, memory_budget, shards
         self.cand_dtype = candidate_dtype(cand_dtype)
         self.lite_dir = lite_data_dir(self.client)   # set: Milvus Lite in this process, vectors in page files
+        self._pool = pool                            # what the caller asked for
+        self.pool = pool or (SERVER_POOL if self.lite_dir is None else LITE_POOL)   # Lite: the files' own, below
         self.files = None                            # its `PageFiles`
         self.cache = OrderedDict()                   # page id -> (its version, float16 vectors): read from a server
         self.sketches = OrderedDict()                # page id -> (its version, packed sign bits): read from a server
@@ -112,7 +117,8 @@ class MilvusColbertRetriever:
 def _open_files(self:MilvusColbertRetriever):
     "Open the page files of a collection on Milvus Lite in this process (nothing on a server)."
     if self.lite_dir is not None:
-        self.files = PageFiles(self.lite_dir/'colpali_vectors'/self.collection_name, self.dim, self.pool)
+        self.files = PageFiles(self.lite_dir/'colpali_vectors'/self.collection_name, self.dim, self._pool or LITE_POOL)
+        self.pool = self.files.pool
 
 @patch
 def _commit_stored(self:MilvusColbertRetriever):
@@ -179,7 +185,7 @@ def create_collection(self:MilvusColbertRetriever,
     for c in (self.collection_name, self.vectors_collection, self.collection_name + CENTROIDS_SUFFIX):
         if self.client.has_collection(c): self.client.drop_collection(c)
     self._open_files()
-    if self.files is not None: self.files.remove()
+    if self.files is not None: self.files.remove(); self._open_files()   # new files: the pool asked for
     else:
         # Strong consistency by default: a read right after a write sees it (searches ask for less, see `consistency`)
         self.client.create_collection(self.vectors_collection, schema=vectors_schema(self.client),

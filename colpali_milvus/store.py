@@ -21,11 +21,11 @@ from .maxsim import gather_rows, int8_rows, max_norms
 
 # %% auto #0
 __all__ = ['DATA_CALLS', 'PAGE_FIELDS', 'META_FIELDS', 'USER_FIELDS', 'MAX_PAGE_ID', 'VECTORS_SUFFIX', 'CENTROIDS_SUFFIX',
-           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'SKETCH_CHUNK', 'BLOB_BATCH', 'MAX_IDS', 'SPAN', 'is_local_uri',
-           'lite_servers', 'lite_data_dir', 'lite_locked', 'open_client', 'close_client', 'is_unavailable',
-           'DeadlineClient', 'pages_schema', 'page_row', 'check_page_id', 'sources_expr', 'metadata_expr', 'blob_pk',
-           'n_chunks', 'to_blob', 'from_blob', 'to_sketch', 'from_sketch', 'vectors_schema', 'blob_rows', 'PageFiles',
-           'index_params']
+           'MAX_POOL', 'BLOB_CHARS', 'MAX_CHUNKS', 'SKETCH_CHUNK', 'BLOB_BATCH', 'MAX_IDS', 'SPAN', 'UNRECORDED_POOL',
+           'is_local_uri', 'lite_servers', 'lite_data_dir', 'lite_locked', 'open_client', 'close_client',
+           'is_unavailable', 'DeadlineClient', 'pages_schema', 'page_row', 'check_page_id', 'sources_expr',
+           'metadata_expr', 'blob_pk', 'n_chunks', 'to_blob', 'from_blob', 'to_sketch', 'from_sketch', 'vectors_schema',
+           'blob_rows', 'recorded_pool', 'PageFiles', 'index_params']
 
 # %% ../nbs/05_store.ipynb #f8e75322
 def is_local_uri(uri:str)->bool:
@@ -260,18 +260,26 @@ def blob_rows(page_id:int, v:np.ndarray)->list[dict]:
 
 # %% ../nbs/05_store.ipynb #9ae24e38
 SPAN = np.dtype([('offset', '<i8'), ('n_vectors', '<i8'), ('norm', '<f8')])   # where a slot's vectors are
+UNRECORDED_POOL = 96   # centroid rows per block of files written before that number was recorded (`pool` file)
+
+def recorded_pool(folder)->int|None:
+    "Centroid rows per block of the page files in `folder`, as recorded at their first append (None: no files)."
+    folder = Path(folder)
+    if (folder/'pool').exists(): return int((folder/'pool').read_text())
+    return UNRECORDED_POOL if (folder/'slots.i64').exists() else None
 
 class PageFiles:
     "Append-only, memory-mapped files of page vectors (float16) and centroid blocks in `folder`."
     def __init__(self, folder, # where the files are (created when missing)
                  dim:int, # vector dimension
-                 pool:int # centroid rows per block
+                 pool:int # centroid rows per block of new files (files already there keep their own)
                 ):
-        self.folder, self.dim, self.pool = Path(folder), int(dim), int(pool)
+        self.folder, self.dim = Path(folder), int(dim)
+        self.pool = recorded_pool(self.folder) or int(pool)
         self.paths = {k: self.folder/f for k, f in (
             ('vectors', 'vectors.f16'), ('centroids', 'centroids.bf16'),
             ('codes', 'centroids.i8'), ('scales', 'centroids.scale.f32'), ('slots', 'slots.i64'),
-            ('spans', 'slots.spans'), ('commits', 'commits.i64'), ('deleted', 'deleted.i64'))}
+            ('spans', 'slots.spans'), ('commits', 'commits.i64'), ('deleted', 'deleted.i64'), ('pool', 'pool'))}
         self.row = {'vectors': 2 * self.dim, 'centroids': 2 * self.dim * self.pool,
                     'codes': self.dim * self.pool, 'scales': 4, 'slots': 8, 'spans': SPAN.itemsize,
                     'commits': 16, 'deleted': 16}   # bytes per unit
@@ -291,6 +299,8 @@ def append(self:PageFiles, vectors:list, # each page's vectors (n_i, dim)
           )->list[tuple[int, int]]:
     "Write pages at the end of the files and flush them to disk; returns each page's (offset, slot)."
     self.folder.mkdir(parents=True, exist_ok=True)
+    if not self.paths['pool'].exists():   # written whole, before any block: a reader never guesses the block size
+        tmp = self.paths['pool'].with_suffix('.tmp'); tmp.write_text(str(self.pool)); tmp.replace(self.paths['pool'])
     offset = self._units('vectors')
     slot = max(self._units('centroids'), self._units('slots'))
     new = {k for k in ('codes', 'spans') if self.paths[k].exists() or not offset}   # what old versions lacked

@@ -363,3 +363,27 @@ def test_more_pages_than_n_candidates_can_be_asked_for(tmp_path, pages):
     ids, scores = [row["page_id"] for _, row in got], [s for s, _ in got]
     assert len(set(ids)) == 6 and ids[0] == 7 and scores == sorted(scores, reverse=True)
     np.testing.assert_allclose(scores, brute(qs[1], [ds[i] for i in ids]), rtol=1e-3)
+
+
+def test_page_files_keep_the_centroids_per_page_they_were_written_with(tmp_path, pages):
+    """New Lite collections get `LITE_POOL` centroids per page; a collection opened with another `pool` (or the
+    default) reads its blocks as written, and so do files of versions that did not record it (96); re-creating a
+    collection takes the pool asked for."""
+    from colpali_milvus.retriever import LITE_POOL
+    ds, qs = pages
+    client = open_client(str(tmp_path / "m.db"))
+    assert MilvusColbertRetriever(client, "new").pool == LITE_POOL
+    w = MilvusColbertRetriever(client, "c", pool=96, n_candidates=3, exhaustive_rows=0)
+    w.create_collection(); w.add_pages(list(range(len(ds))), ds)
+    want = [[(row["page_id"], s) for s, row in w.search_pages(q, 3)] for q in qs]
+    assert w.files.paths["pool"].read_text() == "96"
+    def reopened(**kw):
+        r = MilvusColbertRetriever(client, "c", n_candidates=3, exhaustive_rows=0, **kw)
+        assert r.pool == 96 and r.files.centroid_codes(len(ds))[0].shape == (96 * len(ds), 128)
+        return [[(row["page_id"], s) for s, row in r.search_pages(q, 3)] for q in qs]
+    assert reopened() == want and reopened(pool=64) == want
+    w.files.paths["pool"].unlink()   # as earlier versions left the files
+    assert reopened() == want
+    r = MilvusColbertRetriever(client, "c", pool=64)
+    r.create_collection(); r.add_pages([0], [ds[0]])
+    assert r.pool == 64 and MilvusColbertRetriever(client, "c").pool == 64
