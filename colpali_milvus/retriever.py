@@ -51,8 +51,9 @@ from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from
 )
 
 # %% auto #0
-__all__ = ['FLUSH_CHARS', 'LITE_POOL', 'SERVER_POOL', 'FETCH_THREADS', 'FEWEST_VECTORS', 'FEWEST_CANDIDATES', 'candidate_dtype',
-           'MilvusColbertRetriever', 'page_version', 'cache_hit', 'SmallCollection']
+__all__ = ['FLUSH_CHARS', 'LITE_POOL', 'SERVER_POOL', 'LITE_CANDIDATES', 'SERVER_CANDIDATES', 'FETCH_THREADS', 'FEWEST_VECTORS',
+           'FEWEST_CANDIDATES', 'candidate_dtype', 'MilvusColbertRetriever', 'page_version', 'cache_hit',
+           'SmallCollection']
 
 # %% ../nbs/05b_retriever.ipynb #dc9fc4ec
 def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
@@ -66,6 +67,7 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
 # %% ../nbs/05b_retriever.ipynb #09d82706
 FLUSH_CHARS = 256 << 20   # blob characters a server client writes between flushes (~730 ColPali pages)
 LITE_POOL, SERVER_POOL = 128, 96   # centroids per page of new collections: a server searches each as a row
+LITE_CANDIDATES, SERVER_CANDIDATES = 64, 100   # pages the candidate stage names (see BENCHMARKS.md)
 
 class MilvusColbertRetriever:
     "Multi-vector page store on Milvus with exact MaxSim ranking (interface of the Milvus ColPali notebook)."
@@ -73,7 +75,8 @@ class MilvusColbertRetriever:
                  # name of the pages collection; servers add `<name>__vectors` and `<name>__centroids`
                  collection_name:str,
                  dim:int=128, # vector dimension (ColPali: 128); an existing collection's own dim wins
-                 n_candidates:int=100, # pages the candidate stage names per query (at least k; fewer in small ones)
+                 # pages the candidate stage names per query, at least k (None: `LITE_CANDIDATES`, `SERVER_CANDIDATES`)
+                 n_candidates:int|None=None,
                  # on a server: of those, pages read in full and scored exactly, the best by their sign sketches
                  # (None: all of them)
                  n_rerank:int|None=32,
@@ -93,13 +96,14 @@ class MilvusColbertRetriever:
         self.collection_name, self.dim = collection_name, dim
         self.client = milvus_client.client if isinstance(milvus_client, DeadlineClient) else milvus_client
         self.db = DeadlineClient(self.client, timeout)   # what data calls go through
-        self.n_candidates, self.hits, self.exhaustive_rows = n_candidates, hits, exhaustive_rows
+        self.hits, self.exhaustive_rows = hits, exhaustive_rows
         self.n_rerank = n_rerank
         self.refresh_s, self.memory_budget, self.shards = refresh_s, memory_budget, shards
         self.cand_dtype = candidate_dtype(cand_dtype)
         self.lite_dir = lite_data_dir(self.client)   # set: Milvus Lite in this process, vectors in page files
         self._pool = pool                            # what the caller asked for
         self.pool = pool or (SERVER_POOL if self.lite_dir is None else LITE_POOL)   # Lite: the files' own, below
+        self.n_candidates = n_candidates or (SERVER_CANDIDATES if self.lite_dir is None else LITE_CANDIDATES)
         self.files = None                            # its `PageFiles`
         self.cache = OrderedDict()                   # page id -> (its version, float16 vectors): read from a server
         self.sketches = OrderedDict()                # page id -> (its version, packed sign bits): read from a server
