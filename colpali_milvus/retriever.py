@@ -499,7 +499,7 @@ def page_vectors(self:MilvusColbertRetriever, rows:dict # page rows as returned 
 
 # %% ../nbs/05b_retriever.ipynb #0d5d29b2
 FEWEST_VECTORS = 64   # vectors of the smallest page: a count of pages above exhaustive_rows / 64 is never small
-FEWEST_CANDIDATES = 48   # a small collection reranks a quarter of its pages by centroids, at least this many
+FEWEST_CANDIDATES = 32   # a small collection reranks a sixth of its pages by centroids, at least this many
 
 class SmallCollection:
     "Every vector of a small collection in one matrix: page rows, the matrix, each page's first row, the largest norm."
@@ -532,7 +532,7 @@ def search(self:SmallCollection, q:np.ndarray, k:int,
         best, scores = rerank(q, self.pages, k, self.dtype, self.matrix, self.norm or None)
         return [(float(s), dict(self.rows[j])) for j, s in zip(best, scores)]
     cs = block_scores(q, self.centroids, self.centroid_scales, self.pool, self.dtype)
-    pick = np.sort(rank(cs, max(k, min(n_candidates, max(FEWEST_CANDIDATES, len(self.rows) // 4)))))
+    pick = np.sort(rank(cs, max(k, min(n_candidates, max(FEWEST_CANDIDATES, len(self.rows) // 6)))))
     rows = gather_rows(self.matrix, list(zip(self.offsets[pick], self.lens[pick])))
     best, scores = rerank(q, [self.pages[j] for j in pick], k, self.dtype, rows, self.norm or None)
     return [(float(s), dict(self.rows[pick[j]])) for j, s in zip(best, scores)]
