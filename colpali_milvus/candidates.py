@@ -14,8 +14,7 @@ from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
 # %% auto #0
 __all__ = ['CENTROID_INDEX', 'CENTROID_PARAMS', 'NPROBE', 'CENTROID_BATCH', 'page_centroids', 'centroid_block', 'block_scores',
-           'LocalCandidates', 'centroid_pk', 'centroid_page', 'centroids_schema', 'centroid_rows', 'aggregate_hits',
-           'MilvusCandidates']
+           'LocalCandidates', 'centroid_pk', 'centroids_schema', 'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
 
 # %% ../nbs/05a_candidates.ipynb #437a61d5
 def page_centroids(v:np.ndarray, # a page's vectors (n, dim), unit norm
@@ -81,10 +80,6 @@ class LocalCandidates:
 def centroid_pk(page_id:int, j:int)->int:
     "Primary key of centroid `j` of a page."
     return (int(page_id) << 7) | j
-
-def centroid_page(pk:int)->int:
-    "The page whose centroid has primary key `pk` (what `centroid_pk` made)."
-    return int(pk) >> 7
 
 def centroids_schema(client, dim:int):
     "Schema of the centroid rows."
@@ -179,5 +174,5 @@ def search(self:MilvusCandidates, q:np.ndarray, # query vectors (q, dim), float3
     "Ids of the best `n` pages by their summed best centroid hits, best first."
     params = {'ef': ef or max(hits, 64), 'nprobe': nprobe}   # each index reads its own
     res = self.db.search(self.name, data=np.asarray(q, np.float32).tolist(), limit=hits, filter=filter,
-                         output_fields=[], search_params={'params': params}, **read)   # the page is in the key
-    return aggregate_hits([[(centroid_page(h['id']), h['distance']) for h in r] for r in res])[0][:n]
+                         output_fields=['page_id'], search_params={'params': params}, **read)
+    return aggregate_hits([[(h['entity']['page_id'], h['distance']) for h in r] for r in res])[0][:n]
