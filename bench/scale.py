@@ -187,11 +187,14 @@ BULK_BUILD = {   # server settings for one bulk build (Milvus maps env KEY_NAME 
     'ROCKSMQ_RETENTIONTIMEINMINUTES': '30',      # the embedded message log: 30 minutes, not 3 days
     'ROCKSMQ_RETENTIONSIZEINMB': '2048',         # and at most 2 GB, not 8
     'DATACOORD_GC_DROPTOLERANCE': '600',         # files of dropped segments deleted after 10 minutes, not 3 hours
-    # centroid segments seal at 1 GB (~2 million rows, ~20,000 pages), not 120 MB: the centroid search runs an HNSW
-    # search per segment, so a few large segments answer faster than many small ones (blob rows are sealed by the
-    # client's flushes, every `FLUSH_CHARS`, whatever this says)
+    # centroid segments seal at ~2 million rows (~16,000 pages of 128 centroids), not ~230,000: the centroid search
+    # runs an HNSW search per segment, so a few large segments answer faster than many small ones. A segment seals
+    # at maxSize x sealProportion (1 GB, ~2 million 128-d rows) or at maxBinlogFileNumber binlogs, each a data
+    # node's buffer of 16 MB (32,768 rows): 32 of them sealed every 1,048,576 rows. (Blob rows are sealed by the
+    # client's flushes, every `FLUSH_CHARS`, whatever this says.)
     'DATACOORD_SEGMENT_MAXSIZE': '4096',
     'DATACOORD_SEGMENT_SEALPROPORTION': '0.25',
+    'DATACOORD_SEGMENT_MAXBINLOGFILENUMBER': '64',
 }
 
 def start_backend(a)->tuple:

@@ -37,7 +37,7 @@ def main():
         r.cache.clear(); r.sketches.clear()
         pids = timed('centroid search', lambda: r.centroids.search(q, r.n_candidates, r.hits, **read))
         rows = timed('page rows', lambda: r.page_rows([int(p) for p in pids], **read))
-        timed('sketches', lambda: r._fetch_sketches(list(rows.values()), read))
+        timed('sketches', lambda: r._fetch_sketches(list(rows), read))
         timed('blob rows of n_rerank', lambda: r._fetch_blobs(list(rows.values())[:r.n_rerank], read))
         r.cache.clear(); r.sketches.clear()
         got = timed('search', lambda: r.search(q, 10))

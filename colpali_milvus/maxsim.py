@@ -323,7 +323,8 @@ def sketch_maxsim(q:np.ndarray, # query vectors (q, dim), float32
     "MaxSim of `q` against each page's vectors of +1 (a bit set) and -1: one score per page, to rank them."
     import torch
     if not len(sketches): return np.zeros(0, np.float32)
-    signs = _tensor(np.unpackbits(np.concatenate(sketches), axis=1)[:, :q.shape[1]])
-    signs = signs.to(torch.bfloat16 if dtype == 'bfloat16' else torch.float32) * 2 - 1
-    tq = _tensor(np.ascontiguousarray(q, np.float32))
-    return page_max(tq.to(signs.dtype) @ signs.T, [len(s) for s in sketches])
+    q = np.ascontiguousarray(q, np.float32)
+    bits = _tensor(np.unpackbits(np.concatenate(sketches), axis=1)[:, :q.shape[1]].astype(np.float32))   # 0 or 1
+    if dtype == 'bfloat16': bits = bits.to(torch.bfloat16)
+    # q . (2b - 1) = 2 q . b - sum(q): the product with the bits as they are, its maxima corrected per query vector
+    return 2 * page_max(_tensor(q).to(bits.dtype) @ bits.T, [len(s) for s in sketches]) - float(q.sum())

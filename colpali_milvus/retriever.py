@@ -66,7 +66,7 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
 
 # %% ../nbs/05b_retriever.ipynb #09d82706
 FLUSH_CHARS = 256 << 20   # blob characters a server client writes between flushes (~730 ColPali pages)
-LITE_POOL, SERVER_POOL = 128, 96   # centroids per page of new collections: a server searches each as a row
+LITE_POOL, SERVER_POOL = 128, 128   # centroids per page of new collections (a server searches each as a row)
 LITE_CANDIDATES, SERVER_CANDIDATES = 64, 100   # pages the candidate stage names (see BENCHMARKS.md)
 
 class MilvusColbertRetriever:
@@ -434,9 +434,10 @@ def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:i
     if not rows: return {}
     n = {int(r['page_id']): r['n_vectors'] for r in rows}
     keys = {p: [blob_pk(p, i) for i in range(n_chunks(k * self.dim))] for p, k in n.items()}
-    groups, size = [[]], 0   # whole pages per get, about `batch_rows` rows each: each task decodes its own pages
+    per = min(batch_rows, -(-sum(map(len, keys.values())) // FETCH_THREADS))   # rows per get: spread over threads
+    groups, size = [[]], 0   # whole pages per get, about `per` rows each: each task decodes its own pages
     for pid, ks in keys.items():
-        if groups[-1] and size + len(ks) > batch_rows: groups.append([]); size = 0
+        if groups[-1] and size + len(ks) > per: groups.append([]); size = 0
         groups[-1].append(pid); size += len(ks)
     def fetch(group):
         pks, got = [k for p in group for k in keys[p]], {}
@@ -563,6 +564,17 @@ def small(self:MilvusColbertRetriever)->SmallCollection|None:
         else: self._small.rows = rows   # metadata may change alone
     return self._small or None
 
+# %% ../nbs/05b_retriever.ipynb #a1c0ffee
+@patch
+def candidate_ids(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
+                  n:int, # pages wanted
+                  page_ids:list|None, # only among these pages (None: all)
+                  read:dict # the snapshot to read
+                 )->list[int]:
+    "On a server: ids of the best `n` pages by centroid MaxSim, found by Milvus."
+    expr = f"page_id in {[int(i) for i in page_ids]}" if page_ids is not None else ''
+    return [int(p) for p in self.centroids.search(q, n, self.hits, filter=expr, **read)]
+
 # %% ../nbs/05b_retriever.ipynb #f9c10088
 @patch
 def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q, dim)
@@ -574,8 +586,7 @@ def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q
     "Rows of the pages worth scoring exactly, the best `n` by centroid MaxSim (Lite: from its files)."
     q, n, read = as_matrix(query, self.dim, what='query vectors'), n or self.n_candidates, read or self.consistency()
     if self.files is None:   # centroids of a page still being written have no page row in the snapshot: left out
-        expr = f"page_id in {[int(i) for i in page_ids]}" if page_ids is not None else ''
-        pids = self.centroids.search(q, n, self.hits, filter=expr, **read)
+        pids = self.candidate_ids(q, n, page_ids, read)
         rows = self.page_rows(pids, **read)
         return {p: rows[p] for p in pids if p in rows}
     slots = None if page_ids is None else [r['slot'] for r in self.page_rows(page_ids, ('page_id', 'slot')).values()]
@@ -600,31 +611,34 @@ def _current_rows(self:MilvusColbertRetriever, blocks:np.ndarray, pids:np.ndarra
 
 # %% ../nbs/05b_retriever.ipynb #6c03047e
 @patch
-def _fetch_sketches(self:MilvusColbertRetriever, rows:list, read:dict)->dict:
-    "Sign sketches of pages from their sketch rows, several gets at once (pages without one are left out)."
-    n = {int(r['page_id']): r['n_vectors'] for r in rows}
-    pks = [blob_pk(p, SKETCH_CHUNK) for p in n]
+def _fetch_sketches(self:MilvusColbertRetriever, page_ids:list, read:dict)->dict:
+    "Sign sketches of pages from their sketch rows, gets spread over `FETCH_THREADS` (pages without one left out)."
+    pks = [blob_pk(p, SKETCH_CHUNK) for p in page_ids]
+    if not pks: return {}
+    step = min(BLOB_BATCH, -(-len(pks) // FETCH_THREADS))
     def fetch(s):
-        return {int(b['doc_id']): from_sketch(b['data']['s'], n[int(b['doc_id'])])
-                for b in self.db.get(self.vectors_collection, ids=pks[s:s+BLOB_BATCH], output_fields=['doc_id', 'data'],
+        return {int(b['doc_id']): from_sketch(b['data']['s'], self.dim)
+                for b in self.db.get(self.vectors_collection, ids=pks[s:s+step], output_fields=['doc_id', 'data'],
                                      **read) if b['data'].get('s')}
-    with ThreadPoolExecutor(FETCH_THREADS) as pool: parts = list(pool.map(fetch, range(0, len(pks), BLOB_BATCH)))
+    with ThreadPoolExecutor(FETCH_THREADS) as pool: parts = list(pool.map(fetch, range(0, len(pks), step)))
     return {p: v for part in parts for p, v in part.items()}
 
 @patch
 def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
            rows:dict, # the candidates' page rows by page id
            k:int, # pages the search returns: at least this many are kept
-           read:dict # the snapshot to read
+           read:dict, # the snapshot to read
+           fetched:dict|None=None # sketches already read from that snapshot: page id -> bits, or None (it has none)
           )->dict:
     "Candidates to rerank: the `n_rerank` (or `k`) best by sketch, those with cached vectors, those without a sketch."
     if self.files is not None or self.n_rerank is None: return rows
     cached, keep = {p for p, r in rows.items() if cache_hit(self.cache, r) is not None}, max(k, self.n_rerank)
     if len(rows) - len(cached) <= keep: return rows
+    fetched = fetched or {}
     sk = {p: bits for p, r in rows.items() if (bits := cache_hit(self.sketches, r)) is not None}
-    for p, bits in self._fetch_sketches([r for p, r in rows.items() if p not in sk], read).items():
-        sk[p] = bits; self.sketches[p] = (page_version(rows[p]), bits)
-    for p in sk: self.sketches.move_to_end(p)
+    sk.update({p: bits for p, bits in fetched.items() if p in rows and p not in sk and bits is not None})
+    sk.update(self._fetch_sketches([p for p in rows if p not in sk and p not in fetched], read))
+    for p, bits in sk.items(): self.sketches[p] = (page_version(rows[p]), bits); self.sketches.move_to_end(p)
     self._trim_cache()
     have = [p for p in rows if p in sk]
     best = {have[j] for j in rank(sketch_maxsim(q, [sk[p] for p in have], self.cand_dtype), keep)}
@@ -632,12 +646,26 @@ def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
 
 # %% ../nbs/05b_retriever.ipynb #01f5fc00
 @patch
+def _sketches_wanted(self:MilvusColbertRetriever, pids:list, k:int)->list:
+    "Candidates whose sketches `screen` will read: those with none held, if more than it keeps need a read."
+    if self.n_rerank is None or len(pids) - sum(p in self.cache for p in pids) <= max(k, self.n_rerank): return []
+    return [p for p in pids if p not in self.sketches]
+
+@patch
 def _chosen(self:MilvusColbertRetriever, q:np.ndarray, k:int, page_ids:list|None, read:dict, by_files:bool=True)->dict:
     "Rows of the pages to rerank: all of `page_ids` when few, else the candidates (of `page_ids`) left by `screen`."
     if page_ids is not None:
         ids = list(dict.fromkeys(int(i) for i in page_ids))
         if len(ids) <= self.n_candidates or len(ids) * 1030 <= self.exhaustive_rows: return self.page_rows(ids, **read)
-    return self.screen(q, self.candidates(q, page_ids, read, by_files, max(k, self.n_candidates)), k, read)
+    n = max(k, self.n_candidates)
+    if self.files is not None: return self.candidates(q, page_ids, read, by_files, n)   # Lite: nothing to screen
+    pids = self.candidate_ids(q, n, page_ids, read)
+    wanted = self._sketches_wanted(pids, k)
+    with ThreadPoolExecutor(1) as pool:   # the sketches are read while the page rows are
+        sketches = pool.submit(self._fetch_sketches, wanted, read)
+        rows = self.page_rows(pids, **read)
+    fetched = {**dict.fromkeys(wanted), **sketches.result()}
+    return self.screen(q, {p: rows[p] for p in pids if p in rows}, k, read, fetched)
 
 @patch
 def _rerank(self:MilvusColbertRetriever, q:np.ndarray, rows:dict, k:int, read:dict)->list[tuple[float, dict]]:

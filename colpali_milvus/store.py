@@ -5,13 +5,13 @@
 # %% ../nbs/05_store.ipynb #65d541b5
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import re
 from pathlib import Path
 
 import numpy as np
+import pybase64
 from fastcore.basics import patch
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
@@ -221,26 +221,26 @@ def to_blob(v:np.ndarray)->list[str]:
     "An array as float16, base64-encoded and cut into chunks of `BLOB_CHARS` characters."
     h = np.asarray(v, np.float16).ravel()
     if not np.isfinite(h).all(): raise ValueError("vectors overflow float16 (|x| > 65504); normalise them first.")
-    b = base64.b64encode(h.tobytes()).decode('ascii')
+    b = pybase64.b64encode(h.tobytes()).decode('ascii')
     return [b[i:i + BLOB_CHARS] for i in range(0, len(b), BLOB_CHARS)]
 
 def from_blob(chunks:list[str], # the chunks in order
               n_values:int # float16 values the stream holds
              )->np.ndarray:
     "The float16 values that `to_blob` encoded."
-    return np.frombuffer(base64.b64decode(''.join(chunks)), dtype=np.float16)[:n_values]
+    return np.frombuffer(pybase64.b64decode(''.join(chunks), validate=True), dtype=np.float16)[:n_values]
 
 # %% ../nbs/05_store.ipynb #4bcd15da
 def to_sketch(v:np.ndarray)->str:
     "A page's sign bits (1 where a value is positive), packed per vector and base64-encoded ('' past `BLOB_CHARS`)."
-    b = base64.b64encode(np.packbits(np.asarray(v) > 0, axis=1).tobytes()).decode('ascii')
+    b = pybase64.b64encode(np.packbits(np.asarray(v) > 0, axis=1).tobytes()).decode('ascii')
     return b if len(b) <= BLOB_CHARS else ''
 
 def from_sketch(s:str, # what `to_sketch` made
-                n_vectors:int # the page's vectors
+                dim:int # the vectors' dimension
                )->np.ndarray:
     "The packed sign bits (n_vectors, ceil(dim / 8)) that `to_sketch` encoded."
-    return np.frombuffer(base64.b64decode(s), np.uint8).reshape(n_vectors, -1)
+    return np.frombuffer(pybase64.b64decode(s, validate=True), np.uint8).reshape(-1, -(-dim // 8))
 
 # %% ../nbs/05_store.ipynb #d57eafc6
 def vectors_schema(client):

@@ -555,7 +555,7 @@ def test_the_screen_reads_n_rerank_pages_in_full_and_scores_stay_exact(server):
 
 
 def test_vectors_of_many_pages_come_back_whole_from_parallel_gets(sharded):
-    "48 pages need two gets of blob rows, run at once: every page comes back, equal to what was stored."
+    "48 pages take several gets of blob rows, run at once: every page comes back, equal to what was stored."
     rs, ds, _ = sharded
     r = rs[1]
     r.cache.clear()
