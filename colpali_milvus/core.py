@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ['PDFError', 'ColPaliMilvusError', 'SourceFileError', 'PopplerMissingError', 'ModelUnavailableError',
            'DimensionMismatchError', 'CollectionNotFoundError', 'DatabaseLockedError', 'MilvusUnavailableError',
            'ModelMismatchError', 'SourceNotFoundError', 'file_sha256', 'PageRecord', 'SearchResult', 'DocumentResult',
-           'AddReport', 'data_path', 'cpu_has_fast_bf16', 'positive_int']
+           'AddReport', 'data_path', 'cpu_has_fast_bf16', 'cpu_has_fast_int8', 'positive_int']
 
 # %% ../nbs/00_core.ipynb #879ec843
 class ColPaliMilvusError(Exception):
@@ -140,6 +140,11 @@ def cpu_has_fast_bf16(cpuinfo='/proc/cpuinfo' # the file to read CPU flags from 
                      )->bool:
     "True only if the CPU advertises native bfloat16 instructions (`amx_bf16` or `avx512_bf16`); False when unknown."
     return bool(_cpu_flags(cpuinfo) & {'amx_bf16', 'avx512_bf16'})
+
+def cpu_has_fast_int8(cpuinfo='/proc/cpuinfo' # the file to read CPU flags from (Linux)
+                     )->bool:
+    "True only if the CPU advertises int8 dot products (`avx512_vnni`, `avx_vnni` or `amx_int8`); False when unknown."
+    return bool(_cpu_flags(cpuinfo) & {'avx512_vnni', 'avx_vnni', 'amx_int8'})
 
 # %% ../nbs/00_core.ipynb #ab12cd02
 def positive_int(value, # the value to check

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import DimensionMismatchError
+from .core import DimensionMismatchError, cpu_has_fast_int8
 
 # %% auto #0
 __all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'bf16_bits', 'bf16_tensor', 'bf16_stack',
@@ -175,18 +175,22 @@ def int8_block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
                       codes:np.ndarray, # blocks of rows as int8 codes, (n_blocks * rows, dim)
                       scales:np.ndarray, # each block's scale (n_blocks,)
                       rows:int, # rows per block
-                      chunk:int=1024 # blocks per product
+                      chunk:int=1024, # blocks per product
+                      int8:bool|None=None # multiply in int8, else the codes as float32 (None: `cpu_has_fast_int8`)
                      )->np.ndarray:
     "MaxSim of `q` against each block of `rows` int8 rows: one score per block, to rank them."
     import torch
-    tq = torch.from_numpy(np.ascontiguousarray(q, np.float32))
+    tq, n = torch.from_numpy(np.ascontiguousarray(q, np.float32)), len(codes) // rows
     sq = tq.abs().amax(1, keepdim=True) / 127
     sq = torch.where(sq > 0, sq, torch.ones_like(sq))
-    q8, c, n = (tq / sq).round().to(torch.int8), _tensor(codes), len(codes) // rows
-    out = torch.empty(n)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        out[s:e] = (torch._int_mm(q8, c[s*rows:e*rows].T).view(len(q8), e - s, rows).amax(2).float() * sq).sum(0)
+    q8, c = (tq / sq).round().to(torch.int8), _tensor(codes)
+    fast, out = cpu_has_fast_int8() if int8 is None else int8, torch.empty(n)
+    step = chunk if fast else max(1, chunk // 4)   # float32 copies of the codes: a quarter as many blocks at once
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        if fast: prod = torch._int_mm(q8, c[s*rows:e*rows].T).float() * sq   # per query vector: maxima scale alike
+        else: prod = tq @ torch.from_numpy(codes[s*rows:e*rows].astype(np.float32)).T
+        out[s:e] = prod.view(len(q8), e - s, rows).amax(2).sum(0)
     return out.numpy() * np.asarray(scales[:n], np.float32)
 
 # %% ../nbs/04_maxsim.ipynb #f5971cd6
