@@ -165,7 +165,7 @@ def delete(self:MilvusCandidates, page_ids:list, first:dict|None=None):
 @patch
 def search(self:MilvusCandidates, q:np.ndarray, # query vectors (q, dim), float32
            n:int, # pages wanted
-           hits:int=128, # centroids each query vector asks for
+           hits:int=64, # centroids each query vector asks for
            ef:int|None=None, # HNSW search breadth, for a collection indexed so (default: max(hits, 64))
            nprobe:int=NPROBE, # IVF lists each query vector scans
            filter:str='', # Milvus expression on `page_id`

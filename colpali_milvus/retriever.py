@@ -83,7 +83,7 @@ class MilvusColbertRetriever:
                  # centroids per page for the candidate stage, at most 128 (None: `LITE_POOL` or `SERVER_POOL`);
                  # page files on Lite keep the number they were written with
                  pool:int|None=None,
-                 hits:int=128, # on a server: centroids each query vector asks Milvus for
+                 hits:int=64, # on a server: centroids each query vector asks Milvus for (see BENCHMARKS.md)
                  refresh_s:float=2.0, # on a server: writes by other clients are seen within this many seconds
                  timeout:float|None=60.0, # seconds a data call (get, search, upsert...) may take; None: no limit
                  exhaustive_rows:int=300_000, # collections of at most this many vectors are scored exhaustively
