@@ -67,7 +67,7 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
 # %% ../nbs/05b_retriever.ipynb #09d82706
 FLUSH_CHARS = 256 << 20   # blob characters a server client writes between flushes (~730 ColPali pages)
 LITE_POOL, SERVER_POOL = 128, 128   # centroids per page of new collections (a server searches each as a row)
-LITE_CANDIDATES, SERVER_CANDIDATES = 64, 100   # pages the candidate stage names (see BENCHMARKS.md)
+LITE_CANDIDATES, SERVER_CANDIDATES = 64, 64   # pages the candidate stage names (see BENCHMARKS.md)
 
 class MilvusColbertRetriever:
     "Multi-vector page store on Milvus with exact MaxSim ranking (interface of the Milvus ColPali notebook)."
@@ -79,7 +79,7 @@ class MilvusColbertRetriever:
                  n_candidates:int|None=None,
                  # on a server: of those, pages read in full and scored exactly, the best by their sign sketches
                  # (None: all of them)
-                 n_rerank:int|None=32,
+                 n_rerank:int|None=24,
                  # centroids per page for the candidate stage, at most 128 (None: `LITE_POOL` or `SERVER_POOL`);
                  # page files on Lite keep the number they were written with
                  pool:int|None=None,
