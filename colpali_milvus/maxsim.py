@@ -5,14 +5,17 @@
 # %% ../nbs/04_maxsim.ipynb #5a072e2d
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 from .core import DimensionMismatchError, cpu_has_fast_int8
 
 # %% auto #0
 __all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'bf16_bits', 'bf16_tensor', 'bf16_stack',
-           'bf16_norm', 'gather_rows', 'block_maxsim', 'int8_rows', 'int8_block_maxsim', 'page_max', 'stacked_exact',
-           'page_rows_view', 'refine', 'score_best', 'refined_maxsim', 'rerank', 'max_norms', 'sketch_maxsim']
+           'bf16_norm', 'gather_rows', 'block_maxsim', 'int8_rows', 'int8_products_fast', 'int8_block_maxsim',
+           'page_max', 'stacked_exact', 'page_rows_view', 'refine', 'score_best', 'refined_maxsim', 'rerank',
+           'max_norms', 'sketch_maxsim']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -171,26 +174,32 @@ def int8_rows(a:np.ndarray # rows (n, dim)
     scale = np.float32(np.abs(a).max() / 127) if a.size and np.abs(a).max() > 0 else np.float32(1)
     return np.rint(a / scale).astype(np.int8), scale
 
+@cache
+def int8_products_fast()->bool:
+    "`core.cpu_has_fast_int8`, read once per process (every Lite search asks)."
+    return cpu_has_fast_int8()
+
 def int8_block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
                       codes:np.ndarray, # blocks of rows as int8 codes, (n_blocks * rows, dim)
                       scales:np.ndarray, # each block's scale (n_blocks,)
                       rows:int, # rows per block
                       chunk:int=1024, # blocks per product
-                      int8:bool|None=None # multiply in int8, else the codes as float32 (None: `cpu_has_fast_int8`)
+                      int8:bool|None=None # multiply in int8, else the codes as float32 (None: `int8_products_fast`)
                      )->np.ndarray:
     "MaxSim of `q` against each block of `rows` int8 rows: one score per block, to rank them."
     import torch
     tq, n = torch.from_numpy(np.ascontiguousarray(q, np.float32)), len(codes) // rows
-    sq = tq.abs().amax(1, keepdim=True) / 127
-    sq = torch.where(sq > 0, sq, torch.ones_like(sq))
-    q8, c = (tq / sq).round().to(torch.int8), _tensor(codes)
-    fast, out = cpu_has_fast_int8() if int8 is None else int8, torch.empty(n)
+    fast, out = int8_products_fast() if int8 is None else int8, torch.empty(n)
+    if fast:   # the query as int8 codes too, one scale per query vector
+        sq = tq.abs().amax(1, keepdim=True) / 127
+        sq = torch.where(sq > 0, sq, torch.ones_like(sq))
+        q8, c = (tq / sq).round().to(torch.int8), _tensor(codes)
     step = chunk if fast else max(1, chunk // 4)   # float32 copies of the codes: a quarter as many blocks at once
     for s in range(0, n, step):
         e = min(s + step, n)
         if fast: prod = torch._int_mm(q8, c[s*rows:e*rows].T).float() * sq   # per query vector: maxima scale alike
         else: prod = tq @ torch.from_numpy(codes[s*rows:e*rows].astype(np.float32)).T
-        out[s:e] = prod.view(len(q8), e - s, rows).amax(2).sum(0)
+        out[s:e] = prod.view(len(tq), e - s, rows).amax(2).sum(0)
     return out.numpy() * np.asarray(scales[:n], np.float32)
 
 # %% ../nbs/04_maxsim.ipynb #f5971cd6

@@ -52,8 +52,8 @@ from colpali_milvus.store import (  # noqa: F401 (the tutorial imports them from
 
 # %% auto #0
 __all__ = ['FLUSH_CHARS', 'LITE_POOL', 'SERVER_POOL', 'LITE_CANDIDATES', 'SERVER_CANDIDATES', 'FETCH_THREADS', 'FEWEST_VECTORS',
-           'FEWEST_CANDIDATES', 'candidate_dtype', 'MilvusColbertRetriever', 'page_version', 'cache_hit',
-           'SmallCollection']
+           'FEWEST_CANDIDATES', 'candidate_dtype', 'MilvusColbertRetriever', 'rows_per_get', 'page_version',
+           'cache_hit', 'SmallCollection']
 
 # %% ../nbs/05b_retriever.ipynb #dc9fc4ec
 def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
@@ -428,13 +428,19 @@ def all_page_ids(self:MilvusColbertRetriever)->list[int]:
 # %% ../nbs/05b_retriever.ipynb #55d9c678
 FETCH_THREADS = 4   # blob gets in flight at once: the server answers on several cores while this client decodes
 
+def rows_per_get(n_rows:int, # blob rows to read
+                 most:int=BLOB_BATCH # rows one get may name
+                )->int:
+    "Rows per get that spread `n_rows` evenly over `FETCH_THREADS` gets, at most `most`."
+    return max(1, min(most, -(-n_rows // FETCH_THREADS)))
+
 @patch
 def _fetch_blobs(self:MilvusColbertRetriever, rows:list, read:dict, batch_rows:int=BLOB_BATCH)->dict:
     "Vectors of pages read from their blob rows on a server, several gets at once (pages missing a row are left out)."
     if not rows: return {}
     n = {int(r['page_id']): r['n_vectors'] for r in rows}
     keys = {p: [blob_pk(p, i) for i in range(n_chunks(k * self.dim))] for p, k in n.items()}
-    per = min(batch_rows, -(-sum(map(len, keys.values())) // FETCH_THREADS))   # rows per get: spread over threads
+    per = rows_per_get(sum(map(len, keys.values())), batch_rows)
     groups, size = [[]], 0   # whole pages per get, about `per` rows each: each task decodes its own pages
     for pid, ks in keys.items():
         if groups[-1] and size + len(ks) > per: groups.append([]); size = 0
@@ -615,13 +621,18 @@ def _fetch_sketches(self:MilvusColbertRetriever, page_ids:list, read:dict)->dict
     "Sign sketches of pages from their sketch rows, gets spread over `FETCH_THREADS` (pages without one left out)."
     pks = [blob_pk(p, SKETCH_CHUNK) for p in page_ids]
     if not pks: return {}
-    step = min(BLOB_BATCH, -(-len(pks) // FETCH_THREADS))
+    step = rows_per_get(len(pks))
     def fetch(s):
         return {int(b['doc_id']): from_sketch(b['data']['s'], self.dim)
                 for b in self.db.get(self.vectors_collection, ids=pks[s:s+step], output_fields=['doc_id', 'data'],
                                      **read) if b['data'].get('s')}
     with ThreadPoolExecutor(FETCH_THREADS) as pool: parts = list(pool.map(fetch, range(0, len(pks), step)))
     return {p: v for part in parts for p, v in part.items()}
+
+@patch
+def _screens(self:MilvusColbertRetriever, n_to_read:int, k:int)->bool:
+    "Whether `screen` reads sketches: when more candidates need a read than it keeps (`n_rerank`, at least `k`)."
+    return self.n_rerank is not None and n_to_read > max(k, self.n_rerank)
 
 @patch
 def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
@@ -631,9 +642,8 @@ def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
            fetched:dict|None=None # sketches already read from that snapshot: page id -> bits, or None (it has none)
           )->dict:
     "Candidates to rerank: the `n_rerank` (or `k`) best by sketch, those with cached vectors, those without a sketch."
-    if self.files is not None or self.n_rerank is None: return rows
-    cached, keep = {p for p, r in rows.items() if cache_hit(self.cache, r) is not None}, max(k, self.n_rerank)
-    if len(rows) - len(cached) <= keep: return rows
+    cached = {p for p, r in rows.items() if cache_hit(self.cache, r) is not None}
+    if self.files is not None or not self._screens(len(rows) - len(cached), k): return rows
     fetched = fetched or {}
     sk = {p: bits for p, r in rows.items() if (bits := cache_hit(self.sketches, r)) is not None}
     sk.update({p: bits for p, bits in fetched.items() if p in rows and p not in sk and bits is not None})
@@ -641,14 +651,14 @@ def screen(self:MilvusColbertRetriever, q:np.ndarray, # query vectors (q, dim)
     for p, bits in sk.items(): self.sketches[p] = (page_version(rows[p]), bits); self.sketches.move_to_end(p)
     self._trim_cache()
     have = [p for p in rows if p in sk]
-    best = {have[j] for j in rank(sketch_maxsim(q, [sk[p] for p in have], self.cand_dtype), keep)}
+    best = {have[j] for j in rank(sketch_maxsim(q, [sk[p] for p in have], self.cand_dtype), max(k, self.n_rerank))}
     return {p: r for p, r in rows.items() if p in best or p in cached or p not in sk}
 
 # %% ../nbs/05b_retriever.ipynb #01f5fc00
 @patch
 def _sketches_wanted(self:MilvusColbertRetriever, pids:list, k:int)->list:
     "Candidates whose sketches `screen` will read: those with none held, if more than it keeps need a read."
-    if self.n_rerank is None or len(pids) - sum(p in self.cache for p in pids) <= max(k, self.n_rerank): return []
+    if not self._screens(len(pids) - sum(p in self.cache for p in pids), k): return []
     return [p for p in pids if p not in self.sketches]
 
 @patch
