@@ -5,6 +5,9 @@
 # %% ../nbs/05a_candidates.ipynb #704f452b
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 from fastcore.basics import patch
 from pymilvus import DataType
@@ -13,8 +16,10 @@ from .maxsim import block_maxsim, int8_block_maxsim, rank
 from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
 # %% auto #0
-__all__ = ['CENTROID_INDEX', 'CENTROID_PARAMS', 'NPROBE', 'CENTROID_BATCH', 'page_centroids', 'centroid_block', 'block_scores',
-           'LocalCandidates', 'centroid_pk', 'centroids_schema', 'centroid_rows', 'aggregate_hits', 'MilvusCandidates']
+__all__ = ['CENTROID_INDEX', 'CENTROID_PARAMS', 'NPROBE', 'CENTROID_BATCH', 'IVF_MIN_ROWS', 'IVF_HITS', 'IVF_PROBE_SHARE',
+           'IVF_NAMED', 'IVF_SAVE_SHARE', 'IVF_ADD_BLOCKS', 'page_centroids', 'centroid_block', 'block_scores',
+           'LocalCandidates', 'centroid_pk', 'centroids_schema', 'centroid_rows', 'aggregate_hit_arrays',
+           'aggregate_hits', 'MilvusCandidates', 'ivf_lists', 'block_rows', 'CentroidIndex']
 
 # %% ../nbs/05a_candidates.ipynb #437a61d5
 def page_centroids(v:np.ndarray, # a page's vectors (n, dim), unit norm
@@ -55,9 +60,10 @@ def block_scores(q:np.ndarray, # query vectors (q, dim), float32
 class LocalCandidates:
     "The candidate stage in this process, over the centroid blocks of `store.PageFiles`."
     def __init__(self, files, # a `store.PageFiles`
-                 dtype:str='bfloat16' # product dtype ('bfloat16' where the CPU runs it natively, else 'float32')
+                 dtype:str='bfloat16', # product dtype ('bfloat16' where the CPU runs it natively, else 'float32')
+                 index=None # a `CentroidIndex` over the files, to name blocks instead of scanning all (None: scan)
                 ):
-        self.files, self.dtype = files, dtype
+        self.files, self.dtype, self.index = files, dtype, index
 
     def scores(self, q:np.ndarray, # query vectors (q, dim), float32
                slots:np.ndarray|None=None # only these blocks (None: all)
@@ -67,10 +73,11 @@ class LocalCandidates:
 
     def search(self, q:np.ndarray, # query vectors (q, dim), float32
                n:int, # blocks wanted
-               slots:np.ndarray|None=None # only these blocks (None: all)
+               slots:np.ndarray|None=None # only these blocks (None: all, or the `IVF_NAMED * n` the index names)
               )->tuple[np.ndarray, np.ndarray]:
         "The best `n` blocks by centroid MaxSim, best first: (block numbers, their page ids)."
         ids = self.files.centroids()[1]
+        if slots is None and self.index is not None and self.index.sync(): slots = self.index.search(q, IVF_NAMED * n)
         if not len(ids) or (slots is not None and not len(slots)): return np.zeros(0, np.int64), np.zeros(0, np.int64)
         s = self.scores(q, slots)
         best = rank(s, n) if slots is None else np.asarray(slots, np.int64)[rank(s, n)]
@@ -94,20 +101,29 @@ def centroid_rows(page_id:int, c:np.ndarray)->list[dict]:
     return [{'pk': centroid_pk(page_id, j), 'page_id': int(page_id), 'vector': row} for j, row in enumerate(c.tolist())]
 
 # %% ../nbs/05a_candidates.ipynb #a2e49059
-def aggregate_hits(hits:list # per query vector: [(page id, similarity), ...], best first
-                  )->tuple[np.ndarray, np.ndarray]:
+def aggregate_hit_arrays(sims:np.ndarray, # (query vectors, hits): each query vector's hits, best first
+                         pages:np.ndarray # (query vectors, hits): the page (or block) of each hit, -1 for none
+                        )->tuple[np.ndarray, np.ndarray]:
     "Pages hit and their estimated MaxSim (a page a query vector missed gets that vector's weakest hit), best first."
-    pids = np.array([p for h in hits for p, _ in h], np.int64)
-    if not len(pids): return pids, np.zeros(0, np.float32)
-    sims = np.array([s for h in hits for _, s in h], np.float32)
-    token = np.repeat(np.arange(len(hits)), [len(h) for h in hits])
-    floor = np.array([h[-1][1] if h else 0.0 for h in hits], np.float32)
-    pages, inv = np.unique(pids, return_inverse=True)
-    est = np.tile(floor, (len(pages), 1))
-    np.maximum.at(est, (inv, token), sims)
+    ok = np.asarray(pages) >= 0
+    if not ok.any(): return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    sims = np.asarray(sims, np.float32)
+    floor = np.where(ok.any(1), np.where(ok, sims, np.inf).min(1), 0).astype(np.float32)
+    hit, inv = np.unique(np.asarray(pages, np.int64)[ok], return_inverse=True)
+    est = np.tile(floor, (len(hit), 1))
+    np.maximum.at(est, (inv, np.nonzero(ok)[0]), sims[ok])
     score = est.sum(1)
     order = rank(score, len(score))
-    return pages[order], score[order]
+    return hit[order], score[order]
+
+def aggregate_hits(hits:list # per query vector: [(page id, similarity), ...], best first
+                  )->tuple[np.ndarray, np.ndarray]:
+    "`aggregate_hit_arrays` of hits as Milvus returns them."
+    sims = np.zeros((len(hits), max(map(len, hits), default=0)), np.float32)
+    pages = np.full(sims.shape, -1, np.int64)
+    for i, h in enumerate(hits):
+        if h: pages[i, :len(h)], sims[i, :len(h)] = zip(*h)
+    return aggregate_hit_arrays(sims, pages)
 
 # %% ../nbs/05a_candidates.ipynb #dbfd02b3
 CENTROID_INDEX = 'HNSW'                             # the centroid index (IVF_FLAT: cheaper to build, slower to search)
@@ -176,3 +192,90 @@ def search(self:MilvusCandidates, q:np.ndarray, # query vectors (q, dim), float3
     res = self.db.search(self.name, data=np.asarray(q, np.float32).tolist(), limit=hits, filter=filter,
                          output_fields=['page_id'], search_params={'params': params}, **read)
     return aggregate_hits([[(h['entity']['page_id'], h['distance']) for h in r] for r in res])[0][:n]
+
+# %% ../nbs/05a_candidates.ipynb #ivf00002
+IVF_MIN_ROWS = 32768    # centroid rows (256 pages of 128) from which a `CentroidIndex` is made
+IVF_HITS = 64           # centroids each query vector asks the index for
+IVF_PROBE_SHARE = 16    # each query vector scans 1/16 of the lists (BENCHMARKS.md has the sweep)
+IVF_NAMED = 2           # blocks the index names per block wanted: their centroids' MaxSim picks the best
+IVF_SAVE_SHARE = 8      # the index file is written again once rows not in it reach 1/8 of those in it
+IVF_ADD_BLOCKS = 512    # blocks converted to float32 and added at once (32 MB at 128 rows of 128 dims)
+
+def ivf_lists(rows:int)->int:
+    "Lists of an IVF index over `rows` centroid rows: the power of two nearest 2·sqrt(rows), 256 to 4096."
+    return int(min(4096, max(256, 2 ** round(np.log2(2 * np.sqrt(max(rows, 1)))))))
+
+def block_rows(files, # a `store.PageFiles`
+               blocks:np.ndarray # block numbers
+              )->np.ndarray:
+    "The centroid rows of `blocks` as float32, from their int8 codes (or the bfloat16 bits of older files)."
+    rows, scales = files.blocks(blocks)
+    if scales is None: return (rows.astype(np.uint32) << 16).view(np.float32)
+    return rows.astype(np.float32) * np.repeat(np.asarray(scales, np.float32), files.pool)[:, None]
+
+# %% ../nbs/05a_candidates.ipynb #ivf00004
+class CentroidIndex:
+    "A faiss IVF index over the centroid rows of `store.PageFiles`, saved beside them; `sync` before searching."
+    def __init__(self, files, # a `store.PageFiles`
+                 max_bytes:int=1 << 30 # memory the index may take: past it `sync` says no and the caller scans
+                ):
+        self.files, self.max_bytes, self.index, self.saved, self.lock = files, max_bytes, None, 0, threading.Lock()
+
+    def _train(self, rows:int):
+        "A new, empty index with `ivf_lists(rows)` lists trained on a sample of the files' centroid rows."
+        import faiss
+        lists, pool = ivf_lists(rows), self.files.pool
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(self.files.dim), self.files.dim, lists,
+                                              faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter, index.cp.min_points_per_centroid = 10, 1   # 10 k-means rounds; no warning on stderr
+        n = rows // pool
+        sample = np.sort(np.random.default_rng(0).choice(n, min(n, -(-64 * lists // pool)), replace=False))
+        index.train(block_rows(self.files, sample))
+        self.index, self.saved = index, 0
+
+    def _write(self):
+        "Write the index to its file (a new file, then renamed: a reader never sees half of one)."
+        import faiss
+        tmp = self.files.paths['ivf'].with_suffix('.tmp')
+        faiss.write_index(self.index, str(tmp)); os.replace(tmp, self.files.paths['ivf'])
+        self.saved = self.index.ntotal
+
+    def _read(self):
+        "The index from its file, if one is there and faiss can read it (else none: it is made again)."
+        import faiss
+        try: self.index = faiss.read_index(str(self.files.paths['ivf']))
+        except (RuntimeError, OSError): self.index = None
+        self.saved = self.index.ntotal if self.index is not None else 0
+
+# %% ../nbs/05a_candidates.ipynb #ivf00005
+@patch
+def sync(self:CentroidIndex)->bool:
+    "Bring the index up to the files' blocks (read, trained or added to as needed); whether it may be searched."
+    with self.lock:
+        n, pool, dim = len(self.files.centroids()[1]), self.files.pool, self.files.dim
+        if n * pool < IVF_MIN_ROWS or n * pool * (dim + 8) > self.max_bytes: self.index = None; return False
+        if self.index is None and self.files.paths['ivf'].exists(): self._read()
+        ix = self.index
+        if ix is not None and (ix.d != dim or ix.ntotal % pool or ix.ntotal > n * pool
+                               or ivf_lists(n * pool) >= 2 * ix.nlist):   # other files, or grown past its lists
+            self.index = None
+        if self.index is None: self._train(n * pool)
+        for s in range(self.index.ntotal // pool, n, IVF_ADD_BLOCKS):
+            self.index.add(block_rows(self.files, np.arange(s, min(n, s + IVF_ADD_BLOCKS))))
+        if self.index.ntotal - self.saved >= max(1, self.saved // IVF_SAVE_SHARE): self._write()
+        return True
+
+@patch
+def search(self:CentroidIndex, # noqa: F811 (MilvusCandidates.search is another method)
+           q:np.ndarray, # query vectors (q, dim), float32
+           n:int, # blocks wanted
+           hits:int=IVF_HITS, # centroids each query vector asks for
+           nprobe:int|None=None # lists each query vector scans (None: 1/`IVF_PROBE_SHARE` of them)
+          )->np.ndarray:
+    "The best `n` blocks by their summed best centroid hits, best first (`sync` first)."
+    import faiss
+    with self.lock:
+        ix = self.index
+        params = faiss.SearchParametersIVF(nprobe=nprobe or max(1, ix.nlist // IVF_PROBE_SHARE))
+        sims, ids = ix.search(np.ascontiguousarray(q, np.float32), hits, params=params)
+    return aggregate_hit_arrays(sims, np.where(ids >= 0, ids // self.files.pool, -1))[0][:n]

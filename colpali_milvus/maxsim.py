@@ -5,6 +5,7 @@
 # %% ../nbs/04_maxsim.ipynb #5a072e2d
 from __future__ import annotations
 
+import threading
 from functools import cache
 
 import numpy as np
@@ -12,10 +13,10 @@ import numpy as np
 from .core import DimensionMismatchError, cpu_has_fast_int8
 
 # %% auto #0
-__all__ = ['BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'bf16_bits', 'bf16_tensor', 'bf16_stack',
-           'bf16_norm', 'gather_rows', 'block_maxsim', 'int8_rows', 'int8_products_fast', 'int8_block_maxsim',
-           'page_max', 'stacked_exact', 'page_rows_view', 'refine', 'score_best', 'refined_maxsim', 'rerank',
-           'max_norms', 'sketch_maxsim']
+__all__ = ['SCRATCH_ROWS', 'BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'scratch', 'as_float32',
+           'bf16_bits', 'bf16_tensor', 'bf16_stack', 'bf16_norm', 'gather_rows', 'block_maxsim', 'int8_rows',
+           'int8_products_fast', 'int8_block_maxsim', 'page_max', 'rows_maxima', 'stacked_exact', 'page_rows_view',
+           'refine', 'score_best', 'refined_maxsim', 'rerank', 'max_norms', 'sketch_maxsim']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -109,6 +110,26 @@ def _tensor(a:np.ndarray):
     "`a` as a torch tensor without a copy."
     return _tensors([a])[0]
 
+# %% ../nbs/04_maxsim.ipynb #5c7a7c02
+SCRATCH_ROWS = 65536   # float32 rows (32 MB at 128 dims) a kernel converts at once into its thread's scratch buffer
+_scratch = threading.local()
+
+def scratch(n:int, # rows wanted, at most `SCRATCH_ROWS`
+            dim:int)->'torch.Tensor':
+    "This thread's float32 buffer as (n, dim), reused by every call: valid until the thread's next call."
+    import torch
+    if n > SCRATCH_ROWS: raise ValueError(f"scratch holds at most {SCRATCH_ROWS} rows, not {n}")
+    buf = getattr(_scratch, 'buf', None)
+    if buf is None or len(buf) < n * dim: buf = _scratch.buf = torch.empty(SCRATCH_ROWS * dim)
+    return buf[:n * dim].view(n, dim)
+
+def as_float32(arrays:list # arrays (n_i, dim), float16, int8 or float32, n_i summing to at most `SCRATCH_ROWS`
+              )->'torch.Tensor':
+    "The arrays' rows stacked and converted into this thread's scratch buffer (see `scratch`)."
+    out, o = scratch(sum(len(a) for a in arrays), arrays[0].shape[1]), 0
+    for t in _tensors(arrays): out[o:o + len(t)].copy_(t); o += len(t)
+    return out
+
 # %% ../nbs/04_maxsim.ipynb #712c9596
 BF16_ERR = 3.2 / 256
 
@@ -194,11 +215,11 @@ def int8_block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
         sq = tq.abs().amax(1, keepdim=True) / 127
         sq = torch.where(sq > 0, sq, torch.ones_like(sq))
         q8, c = (tq / sq).round().to(torch.int8), _tensor(codes)
-    step = chunk if fast else max(1, chunk // 4)   # float32 copies of the codes: a quarter as many blocks at once
+    step = chunk if fast else max(1, min(chunk, SCRATCH_ROWS // rows))   # float32 copies go to the scratch buffer
     for s in range(0, n, step):
         e = min(s + step, n)
         if fast: prod = torch._int_mm(q8, c[s*rows:e*rows].T).float() * sq   # per query vector: maxima scale alike
-        else: prod = tq @ torch.from_numpy(codes[s*rows:e*rows].astype(np.float32)).T
+        else: prod = tq @ as_float32([codes[s*rows:e*rows]]).T
         out[s:e] = prod.view(len(tq), e - s, rows).amax(2).sum(0)
     return out.numpy() * np.asarray(scales[:n], np.float32)
 
@@ -212,13 +233,28 @@ def page_max(prod, # a query's product with the rows of pages, (q, rows), a torc
     else: best = torch.stack([c.amax(1) for c in prod.split(list(lens), 1)], 1)
     return best.float().sum(0).numpy()
 
+def rows_maxima(tq, # query vectors, a float32 torch tensor (q, dim)
+                parts:list # per page: rows (m_i, dim), float16 or float32; m_i may be 0
+               ):
+    "Per query vector, its largest dot with each page's rows: (q, pages), -inf where a page has none."
+    import torch
+    out, group, rows = torch.full((len(tq), len(parts)), -torch.inf), [], 0
+    def score(group):   # float32 products, as many pages at once as the scratch buffer holds
+        m = as_float32([parts[i] for i in group]) if len(group) > 1 else _tensor(parts[group[0]]).float()
+        prod = tq @ m.T
+        out[:, group] = torch.stack([c.amax(1) for c in prod.split([len(parts[i]) for i in group], 1)], 1)
+    for i, p in enumerate(parts):
+        if not len(p): continue
+        if group and rows + len(p) > SCRATCH_ROWS: score(group); group, rows = [], 0
+        group.append(i); rows += len(p)
+    if group: score(group)
+    return out
+
 def stacked_exact(tq, # query vectors, a float32 torch tensor (q, dim)
                   pages:list # page arrays (n_i, dim), float16 or float32
                  )->np.ndarray:
-    "Exact MaxSim of each page in one float32 product over all their rows."
-    import torch
-    if not len(pages): return np.zeros(0, np.float32)
-    return page_max(tq @ torch.cat(_tensors(pages)).float().T, [len(p) for p in pages])
+    "Exact MaxSim of each page from float32 products."
+    return rows_maxima(tq, pages).sum(0).numpy() if len(pages) else np.zeros(0, np.float32)
 
 # %% ../nbs/04_maxsim.ipynb #d00dfee3
 def page_rows_view(prod, # a query's product with the rows of pages, (q, rows), a torch tensor

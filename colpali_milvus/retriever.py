@@ -13,12 +13,20 @@ import numpy as np
 from fastcore.basics import patch
 from pymilvus import mkts_from_unixtime
 
-from .candidates import LocalCandidates, MilvusCandidates, block_scores, centroid_block, page_centroids
+from colpali_milvus.candidates import (
+    CentroidIndex,
+    LocalCandidates,
+    MilvusCandidates,
+    block_scores,
+    centroid_block,
+    page_centroids,
+)
 from .core import CollectionNotFoundError, DimensionMismatchError, cpu_has_fast_bf16
 from colpali_milvus.maxsim import (
     as_matrix,
     bf16_bits,
     gather_rows,
+    int8_products_fast,
     max_norms,
     rank,
     rerank,
@@ -67,7 +75,7 @@ def candidate_dtype(dtype:str='auto' # 'auto', 'float32' or 'bfloat16'
 # %% ../nbs/05b_retriever.ipynb #09d82706
 FLUSH_CHARS = 256 << 20   # blob characters a server client writes between flushes (~730 ColPali pages)
 LITE_POOL, SERVER_POOL = 128, 128   # centroids per page of new collections (a server searches each as a row)
-LITE_CANDIDATES, SERVER_CANDIDATES = 64, 64   # pages the candidate stage names (see BENCHMARKS.md)
+LITE_CANDIDATES, SERVER_CANDIDATES = 48, 64   # pages the candidate stage names (see BENCHMARKS.md)
 
 class MilvusColbertRetriever:
     "Multi-vector page store on Milvus with exact MaxSim ranking (interface of the Milvus ColPali notebook)."
@@ -91,6 +99,9 @@ class MilvusColbertRetriever:
                  cand_dtype:str='auto',
                  # bytes this client may hold: the small collections' matrix, page vectors read from a server
                  memory_budget:int=2<<30,
+                 # Lite: name candidates from an IVF index over the centroids of collections past
+                 # `candidates.IVF_MIN_ROWS` rows (None: where the CPU lacks int8 dot products, which scan them faster)
+                 centroid_index:bool|None=None,
                  shards:int=1, # shards of new collections on a server
                 ):
         self.collection_name, self.dim = collection_name, dim
@@ -102,9 +113,10 @@ class MilvusColbertRetriever:
         self.cand_dtype = candidate_dtype(cand_dtype)
         self.lite_dir = lite_data_dir(self.client)   # set: Milvus Lite in this process, vectors in page files
         self._pool = pool                            # what the caller asked for
+        self.use_index = not int8_products_fast() if centroid_index is None else centroid_index
         self.pool = pool or (SERVER_POOL if self.lite_dir is None else LITE_POOL)   # Lite: the files' own, below
         self.n_candidates = n_candidates or (SERVER_CANDIDATES if self.lite_dir is None else LITE_CANDIDATES)
-        self.files = None                            # its `PageFiles`
+        self.files, self.index = None, None          # its `PageFiles`, and their `CentroidIndex` if it uses one
         self.cache = OrderedDict()                   # page id -> (its version, float16 vectors): read from a server
         self.sketches = OrderedDict()                # page id -> (its version, packed sign bits): read from a server
         self.norms = {}                              # (page id, version) -> its largest vector norm (see `max_norm`)
@@ -123,6 +135,7 @@ def _open_files(self:MilvusColbertRetriever):
     if self.lite_dir is not None:
         self.files = PageFiles(self.lite_dir/'colpali_vectors'/self.collection_name, self.dim, self._pool or LITE_POOL)
         self.pool = self.files.pool
+        if self.use_index: self.index = CentroidIndex(self.files, self.memory_budget // 4)
 
 @patch
 def _commit_stored(self:MilvusColbertRetriever):
@@ -280,6 +293,7 @@ def add_pages(self:MilvusColbertRetriever, page_ids:list, # the pages' ids (the 
                 for i, mu, v, c, m, (off, slot) in zip(ids, means, vs, cents, meta, where)]
         self.db.upsert(self.collection_name, rows)
         self.files.commit(where[0][1], where[-1][1] + 1)   # searches may now take these pages from the files
+        if self.index is not None: self.index.sync()   # the index covers them too, before a search needs it
     else: self._write_server(ids, vs, cents, means, meta)
     self._changed()
 
@@ -598,7 +612,7 @@ def candidates(self:MilvusColbertRetriever, query:np.ndarray, # query vectors (q
     slots = None if page_ids is None else [r['slot'] for r in self.page_rows(page_ids, ('page_id', 'slot')).values()]
     ask, found = n, {}
     while True:
-        blocks, pids = LocalCandidates(self.files, self.cand_dtype).search(q, ask, slots)
+        blocks, pids = LocalCandidates(self.files, self.cand_dtype, self.index).search(q, ask, slots)
         for p, row in self._current_rows(blocks, pids, by_files).items():
             if len(found) < n: found.setdefault(p, row)
         if len(found) >= n or len(blocks) < ask: return found

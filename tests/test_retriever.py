@@ -252,10 +252,10 @@ def test_small_collections_rank_the_same_in_bfloat16_and_float32(tmp_path):
     ds += [base + 2e-3 * unit(rng, 200) for _ in range(20)]   # 20 pages whose scores differ by less than bf16's error
     qs = [base[:20] + 0.3 * unit(rng, 20), unit(rng, 25), ds[3][:10] + 0.05 * unit(rng, 10)]
     client = open_client(str(tmp_path / "m.db"))
-    r16 = MilvusColbertRetriever(client, "c", cand_dtype="bfloat16")
+    r16 = MilvusColbertRetriever(client, "c", cand_dtype="bfloat16", n_candidates=64)   # 50 pages: all screened
     r16.create_collection()
     r16.add_pages(list(range(len(ds))), ds)
-    r32 = MilvusColbertRetriever(client, "c", cand_dtype="float32")
+    r32 = MilvusColbertRetriever(client, "c", cand_dtype="float32", n_candidates=64)
     small = r16.small()
     assert small.matrix.dtype == np.uint16   # screened from bfloat16 bits
     from colpali_milvus.maxsim import rerank
