@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from fastcore.basics import patch
@@ -220,6 +221,8 @@ class CentroidIndex:
                  max_bytes:int=1 << 30 # memory the index may take: past it `sync` says no and the caller scans
                 ):
         self.files, self.max_bytes, self.index, self.saved, self.lock = files, max_bytes, None, 0, threading.Lock()
+        self.n_threads = min(4, os.cpu_count() or 1)   # a search splits its query vectors over as many threads
+        self.threads = ThreadPoolExecutor(self.n_threads)
 
     def _train(self, rows:int):
         "A new, empty index with `ivf_lists(rows)` lists trained on a sample of the files' centroid rows."
@@ -274,8 +277,13 @@ def search(self:CentroidIndex, # noqa: F811 (MilvusCandidates.search is another 
           )->np.ndarray:
     "The best `n` blocks by their summed best centroid hits, best first (`sync` first)."
     import faiss
+    q = np.ascontiguousarray(q, np.float32)
     with self.lock:
         ix = self.index
         params = faiss.SearchParametersIVF(nprobe=nprobe or max(1, ix.nlist // IVF_PROBE_SHARE))
-        sims, ids = ix.search(np.ascontiguousarray(q, np.float32), hits, params=params)
+        def part(rows):   # faiss threads of its own would contend with torch's: one per part, each in a thread
+            faiss.omp_set_num_threads(1)   # for this thread only
+            return ix.search(q[rows], hits, params=params)
+        parts = list(self.threads.map(part, np.array_split(np.arange(len(q)), min(self.n_threads, len(q)))))
+        sims, ids = (np.concatenate(x) for x in zip(*parts))
     return aggregate_hit_arrays(sims, np.where(ids >= 0, ids // self.files.pool, -1))[0][:n]
