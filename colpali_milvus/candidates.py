@@ -235,6 +235,7 @@ class CentroidIndex:
         sample = np.sort(np.random.default_rng(0).choice(n, min(n, -(-64 * lists // pool)), replace=False))
         index.train(block_rows(self.files, sample))
         self.index, self.saved = index, 0
+        self.files.paths['ivf_lists'].write_bytes(self._fingerprint())   # its lists of rows, none yet
 
     def _write(self):
         "Write the index to its file (a new file, then renamed: a reader never sees half of one)."
@@ -250,10 +251,36 @@ class CentroidIndex:
         except (RuntimeError, OSError): self.index = None
         self.saved = self.index.ntotal if self.index is not None else 0
 
+# %% ../nbs/05a_candidates.ipynb #ivf00008
+@patch
+def _fingerprint(self:CentroidIndex)->bytes:
+    "8 bytes that tell the index's lists apart from those of another training."
+    import hashlib
+
+    import faiss
+    return hashlib.blake2b(faiss.vector_to_array(faiss.downcast_index(self.index.quantizer).codes).tobytes(),
+                           digest_size=8).digest()
+
+@patch
+def _stored_lists(self:CentroidIndex)->np.ndarray:
+    "The list of each row from the first (`centroids.ivf.lists`), as far as they were recorded for this index."
+    import faiss
+    p, fp = self.files.paths['ivf_lists'], self._fingerprint()
+    if p.exists() and p.stat().st_size >= 8 and p.read_bytes()[:8] == fp:
+        stored = np.fromfile(p, np.int32, offset=8)
+        if len(stored) >= self.index.ntotal: return stored
+    lists = np.zeros(self.index.ntotal, np.int32)   # none, or of another index: what the index holds tells
+    inv = self.index.invlists
+    for i in range(self.index.nlist):
+        if n := inv.list_size(i): lists[faiss.rev_swig_ptr(inv.get_ids(i), n)] = i
+    tmp = p.with_suffix('.tmp'); tmp.write_bytes(fp + lists.tobytes()); os.replace(tmp, p)
+    return lists
+
 # %% ../nbs/05a_candidates.ipynb #ivf00005
 @patch
 def sync(self:CentroidIndex)->bool:
     "Bring the index up to the files' blocks (read, trained or added to as needed); whether it may be searched."
+    from faiss.contrib.ivf_tools import add_preassigned
     with self.lock:
         n, pool, dim = len(self.files.centroids()[1]), self.files.pool, self.files.dim
         if n * pool < IVF_MIN_ROWS or n * pool * (dim + 8) > self.max_bytes: self.index = None; return False
@@ -263,11 +290,21 @@ def sync(self:CentroidIndex)->bool:
                                or ivf_lists(n * pool) >= 2 * ix.nlist):   # other files, or grown past its lists
             self.index = None
         if self.index is None: self._train(n * pool)
-        for s in range(self.index.ntotal // pool, n, IVF_ADD_BLOCKS):
-            self.index.add(block_rows(self.files, np.arange(s, min(n, s + IVF_ADD_BLOCKS))))
+        if self.index.ntotal == n * pool: return True
+        lists = self._stored_lists()   # rows recorded past the index file are added without assigning them again
+        with open(self.files.paths['ivf_lists'], 'ab') as f:
+            for s in range(self.index.ntotal // pool, n, IVF_ADD_BLOCKS):
+                x = block_rows(self.files, np.arange(s, min(n, s + IVF_ADD_BLOCKS)))
+                first, end = s * pool, s * pool + len(x)
+                if end <= len(lists): a = lists[first:end].astype(np.int64)
+                else:   # rows no process has added yet: assigned here, and recorded
+                    a = self.index.quantizer.assign(x, 1)[:, 0]
+                    f.write(a[max(0, len(lists) - first):].astype(np.int32).tobytes())
+                add_preassigned(self.index, x, a)
         if self.index.ntotal - self.saved >= max(1, self.saved // IVF_SAVE_SHARE): self._write()
         return True
 
+# %% ../nbs/05a_candidates.ipynb #ivf00009
 @patch
 def search(self:CentroidIndex, # noqa: F811 (MilvusCandidates.search is another method)
            q:np.ndarray, # query vectors (q, dim), float32

@@ -280,7 +280,7 @@ class PageFiles:
             ('vectors', 'vectors.f16'), ('centroids', 'centroids.bf16'),
             ('codes', 'centroids.i8'), ('scales', 'centroids.scale.f32'), ('slots', 'slots.i64'),
             ('spans', 'slots.spans'), ('commits', 'commits.i64'), ('deleted', 'deleted.i64'), ('pool', 'pool'),
-            ('ivf', 'centroids.ivf'))}   # the last: `candidates.CentroidIndex`, made from the others
+            ('ivf', 'centroids.ivf'), ('ivf_lists', 'centroids.ivf.lists'))}   # the last two: `CentroidIndex`
         self.row = {'vectors': 2 * self.dim, 'centroids': 2 * self.dim * self.pool,
                     'codes': self.dim * self.pool, 'scales': 4, 'slots': 8, 'spans': SPAN.itemsize,
                     'commits': 16, 'deleted': 16}   # bytes per unit
