@@ -18,9 +18,9 @@ from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
 # %% auto #0
 __all__ = ['CENTROID_INDEX', 'CENTROID_PARAMS', 'NPROBE', 'CENTROID_BATCH', 'IVF_MIN_ROWS', 'IVF_HITS', 'IVF_PROBE_SHARE',
-           'IVF_NAMED', 'IVF_SAVE_SHARE', 'IVF_ADD_BLOCKS', 'page_centroids', 'centroid_block', 'block_scores',
-           'LocalCandidates', 'centroid_pk', 'centroids_schema', 'centroid_rows', 'aggregate_hit_arrays',
-           'aggregate_hits', 'MilvusCandidates', 'ivf_lists', 'block_rows', 'CentroidIndex']
+           'IVF_NAMED', 'IVF_SAVE_SHARE', 'IVF_ADD_BLOCKS', 'IVF_MAX_LISTS', 'page_centroids', 'centroid_block',
+           'block_scores', 'LocalCandidates', 'centroid_pk', 'centroids_schema', 'centroid_rows',
+           'aggregate_hit_arrays', 'aggregate_hits', 'MilvusCandidates', 'ivf_lists', 'block_rows', 'CentroidIndex']
 
 # %% ../nbs/05a_candidates.ipynb #437a61d5
 def page_centroids(v:np.ndarray, # a page's vectors (n, dim), unit norm
@@ -202,9 +202,11 @@ IVF_NAMED = 2           # blocks the index names per block wanted: their centroi
 IVF_SAVE_SHARE = 8      # the index file is written again once rows not in it reach 1/8 of those in it
 IVF_ADD_BLOCKS = 512    # blocks converted to float32 and added at once (32 MB at 128 rows of 128 dims)
 
+IVF_MAX_LISTS = 2048   # more would take minutes to train at 20,000 pages, for an index `max_bytes` soon stops
+
 def ivf_lists(rows:int)->int:
-    "Lists of an IVF index over `rows` centroid rows: the power of two nearest 2·sqrt(rows), 256 to 4096."
-    return int(min(4096, max(256, 2 ** round(np.log2(2 * np.sqrt(max(rows, 1)))))))
+    "Lists of an IVF index over `rows` centroid rows: the power of two nearest 2·sqrt(rows), 256..`IVF_MAX_LISTS`."
+    return int(min(IVF_MAX_LISTS, max(256, 2 ** round(np.log2(2 * np.sqrt(max(rows, 1)))))))
 
 def block_rows(files, # a `store.PageFiles`
                blocks:np.ndarray # block numbers
