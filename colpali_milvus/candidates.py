@@ -268,7 +268,8 @@ def _stored_lists(self:CentroidIndex)->np.ndarray:
     "The list of each row from the first (`centroids.ivf.lists`), as far as they were recorded for this index."
     import faiss
     p, fp = self.files.paths['ivf_lists'], self._fingerprint()
-    if p.exists() and p.stat().st_size >= 8 and p.read_bytes()[:8] == fp:
+    with open(p, 'ab+') as f: f.seek(0); head = f.read(8)
+    if head == fp:
         stored = np.fromfile(p, np.int32, offset=8)
         if len(stored) >= self.index.ntotal: return stored
     lists = np.zeros(self.index.ntotal, np.int32)   # none, or of another index: what the index holds tells
@@ -294,7 +295,8 @@ def sync(self:CentroidIndex)->bool:
         if self.index is None: self._train(n * pool)
         if self.index.ntotal == n * pool: return True
         lists = self._stored_lists()   # rows recorded past the index file are added without assigning them again
-        with open(self.files.paths['ivf_lists'], 'ab') as f:
+        with open(self.files.paths['ivf_lists'], 'r+b') as f:
+            f.truncate(8 + 4 * len(lists)); f.seek(0, 2)   # a torn last record is cut
             for s in range(self.index.ntotal // pool, n, IVF_ADD_BLOCKS):
                 x = block_rows(self.files, np.arange(s, min(n, s + IVF_ADD_BLOCKS)))
                 first, end = s * pool, s * pool + len(x)
