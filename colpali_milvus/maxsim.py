@@ -261,7 +261,8 @@ def rows_maxima(tq, # query vectors, a float32 torch tensor (q, dim)
     import torch
     out, group, rows = torch.full((len(parts), len(tq)), -torch.inf), [], 0
     def score(group):   # float32 products, as many pages at once as the scratch buffer holds
-        m = as_float32([parts[i] for i in group]) if len(group) > 1 else _tensor(parts[group[0]]).float()
+        big = sum(len(parts[i]) for i in group) > SCRATCH_ROWS   # one page too big for the buffer: on its own
+        m = _tensor(parts[group[0]]).float() if big else as_float32([parts[i] for i in group])
         out[group] = segment_max(rows_product(m, tq), [len(parts[i]) for i in group])[:, :len(tq)]
     for i, p in enumerate(parts):
         if not len(p): continue
