@@ -97,7 +97,8 @@ class MilvusColbertRetriever:
                  exhaustive_rows:int=300_000, # collections of at most this many vectors are scored exhaustively
                  # centroid and screen products: 'bfloat16' or 'float32'; 'auto': bfloat16 if the CPU runs it natively
                  cand_dtype:str='auto',
-                 # bytes this client may hold: the small collections' matrix, page vectors read from a server
+                 # bytes this client may hold: the small collections' matrix, page vectors read from a server,
+                 # a quarter of it for Lite's IVF index over the centroids
                  memory_budget:int=2<<30,
                  # Lite: name candidates from an IVF index over the centroids of collections past
                  # `candidates.IVF_MIN_ROWS` rows (None: where the CPU lacks int8 dot products, which scan them faster)
