@@ -14,10 +14,9 @@ from .core import DimensionMismatchError, cpu_has_fast_int8
 
 # %% auto #0
 __all__ = ['SCRATCH_ROWS', 'BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'scratch', 'as_float32',
-           'rows_product', 'segment_max', 'bf16_bits', 'bf16_tensor', 'bf16_stack', 'bf16_norm', 'gather_rows',
-           'block_maxsim', 'int8_rows', 'int8_products_fast', 'int8_block_maxsim', 'page_max', 'rows_maxima',
-           'stacked_exact', 'page_rows_view', 'refine', 'score_best', 'refined_maxsim', 'rerank', 'max_norms',
-           'sketch_maxsim']
+           'segment_maxima', 'bf16_bits', 'bf16_tensor', 'bf16_stack', 'bf16_norm', 'gather_rows', 'block_maxsim',
+           'int8_rows', 'int8_products_fast', 'int8_block_maxsim', 'page_max', 'rows_maxima', 'stacked_exact',
+           'page_rows_view', 'refine', 'score_best', 'refined_maxsim', 'rerank', 'max_norms', 'sketch_maxsim']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -132,21 +131,17 @@ def as_float32(arrays:list # arrays (n_i, dim), float16, int8 or float32, n_i su
     return out
 
 # %% ../nbs/04_maxsim.ipynb #rp000004
-def rows_product(m, # rows, a float32 torch tensor (rows, dim)
-                 tq # query vectors, a float32 torch tensor (q, dim)
-                ):
-    "`m @ tq.T`, (rows, q'): the query padded with copies of its first vector to q' = a multiple of 16 columns."
+def segment_maxima(m, # rows, a float32 torch tensor (rows, dim)
+                   tq, # query vectors, a float32 torch tensor (q, dim)
+                   lens:list # rows per segment, in order
+                  ):
+    "Per segment of `m` and query vector, the largest dot: (segments, q)."
     import torch
     pad = -len(tq) % 16   # the shapes MKL's float32 kernels run fastest (up to 1.6x on AVX2)
-    return m @ (torch.cat([tq, tq[:1].expand(pad, -1)]) if pad else tq).T
-
-def segment_max(prod, # a product (rows, q') as `rows_product` gives it
-                lens:list # rows per segment, in order
-               ):
-    "Each segment's largest entry per column: (segments, q')."
-    import torch
-    if len(set(lens)) == 1: return prod.view(len(lens), lens[0], -1).amax(1)
-    return torch.stack([c.amax(0) for c in prod.split(list(lens), 0)])
+    prod = m @ (torch.cat([tq, tq[:1].expand(pad, -1)]) if pad else tq).T   # (rows, q + pad)
+    if len(set(lens)) == 1: best = prod.view(len(lens), lens[0], -1).amax(1)
+    else: best = torch.stack([c.amax(0) for c in prod.split(list(lens), 0)])
+    return best[:, :len(tq)]
 
 # %% ../nbs/04_maxsim.ipynb #712c9596
 BF16_ERR = 3.2 / 256
@@ -239,8 +234,7 @@ def int8_block_maxsim(q:np.ndarray, # query vectors (q, dim), float32
         if fast:   # per query vector: maxima scale alike
             out[s:e] = (torch._int_mm(q8, c[s*rows:e*rows].T).float() * sq).view(len(tq), e - s, rows).amax(2).sum(0)
         else:
-            best = segment_max(rows_product(as_float32([codes[s*rows:e*rows]]), tq), [rows] * (e - s))
-            out[s:e] = best[:, :len(tq)].sum(1)
+            out[s:e] = segment_maxima(as_float32([codes[s*rows:e*rows]]), tq, [rows] * (e - s)).sum(1)
     return out.numpy() * np.asarray(scales[:n], np.float32)
 
 # %% ../nbs/04_maxsim.ipynb #f5971cd6
@@ -263,7 +257,7 @@ def rows_maxima(tq, # query vectors, a float32 torch tensor (q, dim)
     def score(group):   # float32 products, as many pages at once as the scratch buffer holds
         big = sum(len(parts[i]) for i in group) > SCRATCH_ROWS   # one page too big for the buffer: on its own
         m = _tensor(parts[group[0]]).float() if big else as_float32([parts[i] for i in group])
-        out[group] = segment_max(rows_product(m, tq), [len(parts[i]) for i in group])[:, :len(tq)]
+        out[group] = segment_maxima(m, tq, [len(parts[i]) for i in group])
     for i, p in enumerate(parts):
         if not len(p): continue
         if group and rows + len(p) > SCRATCH_ROWS: score(group); group, rows = [], 0
@@ -369,8 +363,7 @@ def rerank(q:np.ndarray, # query vectors (q, dim), float32
     tq = _tensor(np.ascontiguousarray(q, np.float32))
     if dtype != 'bfloat16':
         f32 = stacked is not None and stacked.dtype == np.float32
-        lens = [len(p) for p in pages]
-        s = segment_max(rows_product(_tensor(stacked), tq), lens)[:, :len(tq)].sum(1).numpy() if f32 \
+        s = segment_maxima(_tensor(stacked), tq, [len(p) for p in pages]).sum(1).numpy() if f32 \
             else stacked_exact(tq, pages)
     else:
         b = bf16_tensor(stacked) if stacked is not None else bf16_stack(pages)
