@@ -13,7 +13,7 @@ import numpy as np
 from fastcore.basics import patch
 from pymilvus import DataType
 
-from .maxsim import block_maxsim, int8_block_maxsim, rank
+from .maxsim import bf16_floats, block_maxsim, int8_block_maxsim, rank
 from .store import CENTROIDS_SUFFIX, MAX_IDS, MAX_POOL, index_params
 
 # %% auto #0
@@ -213,7 +213,7 @@ def block_rows(files, # a `store.PageFiles`
               )->np.ndarray:
     "The centroid rows of `blocks` as float32, from their int8 codes (or the bfloat16 bits of older files)."
     rows, scales = files.blocks(blocks)
-    if scales is None: return (rows.astype(np.uint32) << 16).view(np.float32)
+    if scales is None: return bf16_floats(rows)
     return rows.astype(np.float32) * np.repeat(np.asarray(scales, np.float32), files.pool)[:, None]
 
 # %% ../nbs/05a_candidates.ipynb #ivf00004

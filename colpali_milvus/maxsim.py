@@ -14,9 +14,10 @@ from .core import DimensionMismatchError, cpu_has_fast_int8
 
 # %% auto #0
 __all__ = ['SCRATCH_ROWS', 'BF16_ERR', 'as_matrix', 'pad_stack', 'maxsim_ragged', 'maxsim', 'rank', 'scratch', 'as_float32',
-           'segment_maxima', 'bf16_bits', 'bf16_tensor', 'bf16_stack', 'bf16_norm', 'gather_rows', 'block_maxsim',
-           'int8_rows', 'int8_products_fast', 'int8_block_maxsim', 'page_max', 'rows_maxima', 'stacked_exact',
-           'page_rows_view', 'refine', 'score_best', 'refined_maxsim', 'rerank', 'max_norms', 'sketch_maxsim']
+           'segment_maxima', 'bf16_bits', 'bf16_floats', 'bf16_tensor', 'bf16_stack', 'bf16_norm', 'gather_rows',
+           'block_maxsim', 'int8_rows', 'int8_products_fast', 'int8_block_maxsim', 'page_max', 'rows_maxima',
+           'stacked_exact', 'page_rows_view', 'refine', 'score_best', 'refined_maxsim', 'rerank', 'max_norms',
+           'sketch_maxsim']
 
 # %% ../nbs/04_maxsim.ipynb #7aca65fa
 def as_matrix(x, # array-like of shape (n, dim)
@@ -150,6 +151,10 @@ def bf16_bits(a:np.ndarray)->np.ndarray:
     "float32 values as bfloat16 bit patterns (uint16), rounded to nearest even."
     u = np.ascontiguousarray(a, np.float32).view(np.uint32)
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+def bf16_floats(bits:np.ndarray)->np.ndarray:
+    "bfloat16 bit patterns (uint16) as the float32 values they stand for."
+    return (np.ascontiguousarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 def bf16_tensor(bits:np.ndarray):
     "bfloat16 bit patterns as a torch bfloat16 tensor (no copy)."

@@ -17,7 +17,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from .core import ColPaliMilvusError, DatabaseLockedError, MilvusUnavailableError
-from .maxsim import gather_rows, int8_rows, max_norms
+from .maxsim import bf16_floats, gather_rows, int8_rows, max_norms
 
 # %% auto #0
 __all__ = ['DATA_CALLS', 'PAGE_FIELDS', 'META_FIELDS', 'USER_FIELDS', 'MAX_PAGE_ID', 'VECTORS_SUFFIX', 'CENTROIDS_SUFFIX',
@@ -317,7 +317,7 @@ def append(self:PageFiles, vectors:list, # each page's vectors (n_i, dim)
             files['vectors'].write(v.tobytes())
             files['centroids'].write(np.ascontiguousarray(b, np.uint16).tobytes())
             if 'codes' in files:   # the same block as int8 codes and a scale, for the candidate stage
-                codes, scale = int8_rows((np.ascontiguousarray(b, np.uint16).astype(np.uint32) << 16).view(np.float32))
+                codes, scale = int8_rows(bf16_floats(b))
                 files['codes'].write(codes.tobytes()); files['scales'].write(scale.tobytes())
             files['slots'].write(np.int64(pid).tobytes())
             if 'spans' in files:
